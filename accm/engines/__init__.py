@@ -1,0 +1,1 @@
+"""Inference backends: ONNX Runtime sessions and TensorRT engines (torch-free)."""

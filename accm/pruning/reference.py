@@ -1,0 +1,120 @@
+"""The PyTorch reference pipeline: image + prompt → answer, with vision-side and LLM-side pruning.
+
+Everything deployable (ONNX bundle, runtime, TensorRT) is checked against this. Image tokens
+that survive vision-side pruning keep their original position ids (as LLM-side pruning does),
+so the text after the image sits where it would in the full-token prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from ..data.preprocess import ImageSpec, preprocess
+from ..models.templates import render, template_from_processor
+from .llm import generate
+from .schedule import Schedule
+from .vision import vision_features
+
+
+@dataclasses.dataclass
+class Prepared:
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    image_mask: torch.Tensor
+    position_ids: torch.Tensor
+    input_ids: torch.Tensor
+    kept_index: torch.Tensor  # [B, k] vision-side kept patches
+    discarded: torch.Tensor  # [B, N-k, D_vision] for the caption model
+    discarded_index: torch.Tensor
+
+
+def build_prompt_ids(prefix: list[int], suffix: list[int], kept: np.ndarray, image_id: int,
+                     n_patches: int) -> tuple[list[int], list[int]]:
+    """Token ids and position ids of one prompt whose image span keeps patches ``kept``."""
+    ids = prefix + [image_id] * len(kept) + suffix
+    s = len(prefix)
+    pos = list(range(s)) + [s + int(j) for j in kept]
+    pos += list(range(s + n_patches, s + n_patches + len(suffix)))
+    return ids, pos
+
+
+def left_pad(rows: list[list[int]], positions: list[list[int]], pad_id: int):
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    pos = torch.ones((len(rows), length), dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, (r, p) in enumerate(zip(rows, positions)):
+        ids[i, length - len(r):] = torch.tensor(r)
+        pos[i, length - len(r):] = torch.tensor(p)
+        mask[i, length - len(r):] = 1
+    return ids, pos, mask
+
+
+class ReferencePipeline:
+    def __init__(self, model, processor, vision_keep: int | None = None, schedule=None,
+                 score_layer: int | None = None, random_keep_seed: int | None = None,
+                 template: str | None = None):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.template = template or template_from_processor(processor)
+        self.spec = ImageSpec.from_hf(processor.image_processor)
+        self.vision_keep = vision_keep
+        self.schedule = Schedule.parse(schedule)
+        self.score_layer = score_layer
+        self.random_keep_seed = random_keep_seed
+        self.image_id = model.config.image_token_index
+        self.n_patches = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+
+    def pixel_values(self, images) -> torch.Tensor:
+        return torch.from_numpy(np.stack([preprocess(im, self.spec) for im in images]))
+
+    def split_prompt(self, prompt: str, caption: str | None = None) -> tuple[list[int], list[int]]:
+        ids = self.tokenizer(render(self.template, prompt, caption), add_special_tokens=True)["input_ids"]
+        if ids.count(self.image_id) != 1:
+            raise ValueError("the prompt template must hold exactly one <image>")
+        cut = ids.index(self.image_id)
+        return ids[:cut], ids[cut + 1:]
+
+    @torch.no_grad()
+    def vision(self, pixel_values: torch.Tensor):
+        gen = None
+        if self.random_keep_seed is not None:
+            gen = torch.Generator().manual_seed(self.random_keep_seed)
+        return vision_features(self.model, pixel_values, self.vision_keep, self.score_layer, gen)
+
+    @torch.no_grad()
+    def prepare(self, images, prompts: list[str], captions: list[str | None] | None = None,
+                vision=None) -> Prepared:
+        vis = vision if vision is not None else self.vision(self.pixel_values(images))
+        captions = captions or [None] * len(prompts)
+        rows, positions = [], []
+        for b, (prompt, cap) in enumerate(zip(prompts, captions)):
+            prefix, suffix = self.split_prompt(prompt, cap)
+            ids, pos = build_prompt_ids(prefix, suffix, vis.kept_index[b].numpy(), self.image_id, self.n_patches)
+            rows.append(ids)
+            positions.append(pos)
+        input_ids, position_ids, mask = left_pad(rows, positions, self.tokenizer.pad_token_id)
+        embed = self.model.get_input_embeddings()
+        image_mask = input_ids == self.image_id
+        embeds = embed(input_ids.masked_fill(image_mask, 0))
+        embeds = embeds.masked_scatter(image_mask[..., None], vis.kept.to(embeds.dtype))
+        return Prepared(embeds, mask, image_mask, position_ids, input_ids, vis.kept_index,
+                        vis.discarded, vis.discarded_index)
+
+    @torch.no_grad()
+    def generate_ids(self, images, prompts, max_new_tokens: int = 16, captions=None, **sampling):
+        prep = self.prepare(images, prompts, captions)
+        tokens, state = generate(
+            self.model, prep.inputs_embeds, prep.attention_mask, prep.image_mask, self.schedule,
+            max_new_tokens=max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id, position_ids=prep.position_ids, **sampling,
+        )
+        return tokens, state, prep
+
+    def answer(self, images, prompts, max_new_tokens: int = 16, captions=None) -> list[str]:
+        tokens, _, _ = self.generate_ids(images, prompts, max_new_tokens, captions)
+        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
