@@ -1,4 +1,4 @@
-"""Atomic, resumable training checkpoints."""
+"""Atomic, resumable training checkpoints, and the optimiser step every stage shares."""
 
 from __future__ import annotations
 
@@ -31,3 +31,13 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -
         return peak * (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def optimise(opt: torch.optim.Optimizer, params, loss: torch.Tensor, lr: float, clip: float = 1.0) -> None:
+    """One step at learning rate ``lr`` with gradient-norm clipping."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()

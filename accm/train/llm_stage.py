@@ -182,13 +182,8 @@ def train_llm(model, tokenizer, template: str, pool: ScenePool, val: ScenePool, 
         rng = np.random.default_rng([seed, 17, step])
         rows = rng.choice(pool.n, size=batch, replace=False)
         pairs = [sample_item(pool, int(r), rng, n_questions, text_only) for r in rows]
-        for g in opt.param_groups:
-            g["lr"] = checkpoint.lr_at(step, steps, lr, warmup=min(300, steps // 10 + 1))
         loss, _, _ = _step_loss(model, packer, [p[0] for p in pairs], [p[1] for p in pairs], feats)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        checkpoint.optimise(opt, params, loss, checkpoint.lr_at(step, steps, lr, warmup=min(300, steps // 10 + 1)))
         bar.set_postfix(loss=f"{float(loss):.3f}")
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             rec = {"step": step + 1, "loss": float(loss), "elapsed_s": round(time.time() - t0, 1)}

@@ -81,7 +81,7 @@ def dense_loss(tower, heads: DenseHeads, pool: ScenePool, idx: np.ndarray):
         "colour": loss_colour, "shape": loss_shape, "centre": loss_centre,
         "position": 5 * loss_pos, "present": 2 * loss_present, "counts": 0.2 * loss_counts,
     }
-    return sum(parts.values()), {k: float(v) for k, v in parts.items()}, out, labels
+    return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}, out, labels
 
 
 @torch.no_grad()
@@ -133,13 +133,8 @@ def train_vision(model, pool: ScenePool, val: ScenePool, work: Path, steps: int,
     for step in bar:
         rng = np.random.default_rng([seed, step])
         idx = rng.choice(pool.n, size=batch, replace=False)
-        for g in opt.param_groups:
-            g["lr"] = checkpoint.lr_at(step, steps, lr, warmup=100)
         loss, parts, _, _ = dense_loss(tower, heads, pool, idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        checkpoint.optimise(opt, params, loss, checkpoint.lr_at(step, steps, lr, warmup=100))
         bar.set_postfix(loss=f"{float(loss):.3f}")
         if (step + 1) % log_every == 0 or step + 1 == steps:
             metrics = evaluate(tower, heads, val)
