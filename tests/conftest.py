@@ -90,3 +90,40 @@ PROMPTS = [
     "where is the blue square relative to the green circle ?",
     "describe the picture",
 ]
+
+
+#: bundle configurations exported once per session for the tiny random model
+TINY_CONFIGS = {
+    "full": (None, "none"),
+    "vision64": (64, "none"),
+    "fastv": (None, "fastv:2:64"),
+    "vision64_layers": (64, "layers:64,64,48,16"),
+}
+
+
+def loaded_model(model, proc, path):
+    """Save a model to ``path`` and wrap it as the exporter's LoadedModel."""
+    from accm.models.loading import LoadedModel
+    from accm.models.registry import ModelSource
+    from accm.models.templates import template_from_processor
+
+    model.save_pretrained(path)
+    proc.save_pretrained(path)
+    return LoadedModel(ModelSource(str(path), path), model, proc, template_from_processor(proc))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory):
+    """(model, processor, {config: bundle dir}) for a random 4-layer GQA LLaVA."""
+    from accm.export.exporter import ExportConfig, export_bundle
+    from accm.pruning.schedule import Schedule
+
+    model, proc = random_llava(seed=11)
+    root = tmp_path_factory.mktemp("tiny_bundles")
+    loaded = loaded_model(model, proc, root / "model")
+    out = {}
+    for name, (keep, sched) in TINY_CONFIGS.items():
+        export_bundle(None, root / name, ExportConfig(vision_keep=keep, schedule=Schedule.parse(sched)),
+                      progress=False, loaded=loaded)
+        out[name] = root / name
+    return model, proc, out

@@ -1,4 +1,4 @@
-"""What every console script shares: user errors become one stderr line and exit code 2."""
+"""What every console script shares: argument groups, and user errors as one line + exit code 2."""
 
 from __future__ import annotations
 
@@ -6,18 +6,68 @@ import argparse
 import os
 import sys
 
+from ..errors import AccmUserError
 
-class UserError(Exception):
-    """A problem the user caused and can fix (bad input, missing model, altered bundle)."""
+DEFAULT_VISION_KEEP = 64
+
+
+class UserError(AccmUserError):
+    """A problem the user caused and can fix (raised by the CLI layer itself)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage block) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def keep_count(value: str) -> int | None:
+    if value.lower() in ("all", "none", "full"):
+        return None
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a token count or 'all', got {value!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"keep count must be >= 1, got {k}")
+    return k
+
+
+def add_model_options(p: argparse.ArgumentParser, default_keep: int | None = DEFAULT_VISION_KEEP) -> None:
+    p.add_argument("--model", default=None,
+                   help="checkpoint directory, accm-tiny (default), llava-1.5-7b, llava-1.5-13b or a cached repo id")
+    p.add_argument("--precision", default="fp32", help="fp32 (default)")
+    p.add_argument("--vision-keep", type=keep_count, default=default_keep, metavar="K",
+                   help=f"image tokens kept by vision-side pruning (default {default_keep}; 'all' keeps 576)")
+    p.add_argument("--schedule", default="none", metavar="SPEC|FILE",
+                   help="LLM-side schedule: none, fastv:K:k, layers:c0,c1,… or a schedule JSON file")
+    p.add_argument("--score-layer", type=int, default=None, metavar="L",
+                   help="CLIP layer whose CLS attention ranks patches (default: the last)")
+
+
+def bundle_options(args) -> dict:
+    """The export options of a default bundle, as stored in its cache key."""
+    from ..pruning.schedule import Schedule
+
+    try:
+        schedule = Schedule.parse(args.schedule)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return {"precision": args.precision, "vision_keep": args.vision_keep, "schedule": schedule.to_json(),
+            "score_layer": args.score_layer, "target": getattr(args, "target", "ort")}
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad flag (2, one line already printed)
+        return int(e.code or 0)
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
+    except AccmUserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from ._common import run_cli
+from ._common import Parser, run_cli
 
 
 def _base(args) -> int:
@@ -23,9 +22,9 @@ def _base(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="accm-train", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def build_parser() -> Parser:
+    p = Parser(prog="accm-train", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     b = sub.add_parser("base", help="train accm-tiny from nothing (resumable)")
     b.add_argument("--work", required=True, help="work directory: pools, features, checkpoints")
     b.add_argument("--output", required=True, help="where the HF checkpoint is written")

@@ -8,7 +8,10 @@ Hugging Face cache only. Torch-free.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
+
+from ..errors import AccmUserError
 
 DEFAULT_MODEL = "accm-tiny"
 ALIASES = {
@@ -18,7 +21,7 @@ ALIASES = {
 TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "accm-tiny"
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(AccmUserError, LookupError):
     """The model is not on this machine; the message says how to get it."""
 
 
@@ -69,3 +72,16 @@ def _hf_cache_lookup(repo_id: str) -> Path | None:
     except Exception:  # noqa: BLE001  (LocalEntryNotFoundError and friends: simply absent)
         return None
     return path if (path / "config.json").exists() else None
+
+
+def checkpoint_digest(path: Path) -> str:
+    """sha256 over a checkpoint's config and weight files (names and contents)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).iterdir()
+                   if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
+    for p in files:
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..data.preprocess import ImageSpec, preprocess
+from ..models.prompt import build_prompt_ids, left_pad, split_at_image
 from ..models.templates import render, template_from_processor
 from .llm import generate
 from .schedule import Schedule
@@ -29,28 +30,6 @@ class Prepared:
     kept_index: torch.Tensor  # [B, k] vision-side kept patches
     discarded: torch.Tensor  # [B, N-k, D_vision] for the caption model
     discarded_index: torch.Tensor
-
-
-def build_prompt_ids(prefix: list[int], suffix: list[int], kept: np.ndarray, image_id: int,
-                     n_patches: int) -> tuple[list[int], list[int]]:
-    """Token ids and position ids of one prompt whose image span keeps patches ``kept``."""
-    ids = prefix + [image_id] * len(kept) + suffix
-    s = len(prefix)
-    pos = list(range(s)) + [s + int(j) for j in kept]
-    pos += list(range(s + n_patches, s + n_patches + len(suffix)))
-    return ids, pos
-
-
-def left_pad(rows: list[list[int]], positions: list[list[int]], pad_id: int):
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    pos = torch.ones((len(rows), length), dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (r, p) in enumerate(zip(rows, positions)):
-        ids[i, length - len(r):] = torch.tensor(r)
-        pos[i, length - len(r):] = torch.tensor(p)
-        mask[i, length - len(r):] = 1
-    return ids, pos, mask
 
 
 class ReferencePipeline:
@@ -74,10 +53,7 @@ class ReferencePipeline:
 
     def split_prompt(self, prompt: str, caption: str | None = None) -> tuple[list[int], list[int]]:
         ids = self.tokenizer(render(self.template, prompt, caption), add_special_tokens=True)["input_ids"]
-        if ids.count(self.image_id) != 1:
-            raise ValueError("the prompt template must hold exactly one <image>")
-        cut = ids.index(self.image_id)
-        return ids[:cut], ids[cut + 1:]
+        return split_at_image(ids, self.image_id)
 
     @torch.no_grad()
     def vision(self, pixel_values: torch.Tensor):
@@ -97,7 +73,8 @@ class ReferencePipeline:
             ids, pos = build_prompt_ids(prefix, suffix, vis.kept_index[b].numpy(), self.image_id, self.n_patches)
             rows.append(ids)
             positions.append(pos)
-        input_ids, position_ids, mask = left_pad(rows, positions, self.tokenizer.pad_token_id)
+        padded = left_pad(rows, positions, self.tokenizer.pad_token_id)
+        input_ids, position_ids, mask = (torch.from_numpy(a) for a in padded)
         embed = self.model.get_input_embeddings()
         image_mask = input_ids == self.image_id
         embeds = embed(input_ids.masked_fill(image_mask, 0))

@@ -11,7 +11,7 @@ import dataclasses
 
 import torch
 
-from .select import select_tokens
+from .select import image_scores, select_tokens
 
 
 def encoder_layers(vision_tower):
@@ -46,10 +46,16 @@ def cls_attention(layer_module, layer_input: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)[:, :, 0, :]
 
 
-def patch_scores(layer_module, layer_input: torch.Tensor) -> torch.Tensor:
-    """CLS attention on the patch tokens, head-mean in float64: ``[B, N]``."""
-    probs = cls_attention(layer_module, layer_input)[:, :, 1:]
-    return probs.double().mean(dim=1)
+def patch_scores(layer_module, layer_input: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    """CLS attention on the patch tokens, head-mean: ``[B, N]``.
+
+    ``exact``: the reference rule (``image_scores``: float64, heads summed in order). Exported
+    graphs use a float32 mean instead (TensorRT has no float64).
+    """
+    probs = cls_attention(layer_module, layer_input)
+    if exact:
+        return image_scores(probs, 1, probs.shape[-1] - 1)
+    return probs[:, :, 1:].mean(dim=1)
 
 
 @dataclasses.dataclass

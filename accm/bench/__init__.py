@@ -1,0 +1,1 @@
+"""Measurement: accuracy harness, latency benchmarks, FLOPs tables, device roofline."""

@@ -1,0 +1,110 @@
+"""The accuracy harness: ShapesVQA test questions through a pruning configuration, exact match.
+
+Two backends answer the same questions: ``torch`` (the PyTorch reference pipeline on a HF
+checkpoint) and ``bundle`` (the torch-free runtime on an exported bundle), so every precision
+and target is measured the way users run it. Also reports the fraction of kept image tokens
+that land on objects (vision side, and the LLM side's last kept set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections import defaultdict
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data import shapes
+from ..pruning.schedule import Schedule
+
+
+def normalise(text: str) -> str:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return words[0] if words else ""
+
+
+@dataclasses.dataclass
+class Prediction:
+    text: str
+    vision_kept: list[int]  # patch indices the LLM received
+    llm_kept: list[int] | None  # offsets into those kept at the deepest prune point
+
+
+class BundleAnswerer:
+    backend = "onnxruntime"
+
+    def __init__(self, bundle, provider: str = "cpu"):
+        from ..runtime.pipeline import Pipeline
+
+        self.pipe = Pipeline(bundle, provider=provider)
+        self.describe = {"bundle": str(bundle), "model": self.pipe.manifest["source_model"]["name"],
+                         "vision_keep": self.pipe.manifest["pruning"]["vision_keep"],
+                         "schedule": Schedule.from_json(self.pipe.manifest["pruning"]["schedule"]).spec(),
+                         "precision": self.pipe.manifest["precision"]}
+
+    def __call__(self, images, prompts, max_new_tokens) -> list[Prediction]:
+        out = self.pipe.generate(images, prompts, max_new_tokens)
+        deepest = max(out[0].llm_kept) if out and out[0].llm_kept else None
+        return [Prediction(a.text, a.kept_index, a.llm_kept.get(deepest) if deepest is not None else None)
+                for a in out]
+
+
+class TorchAnswerer:
+    backend = "torch"
+
+    def __init__(self, model: str | None, vision_keep=None, schedule="none", score_layer=None,
+                 random_keep_seed: int | None = None):
+        from ..models.loading import load_llava
+        from ..pruning.reference import ReferencePipeline
+
+        lm = load_llava(model)
+        self.ref = ReferencePipeline(lm.model, lm.processor, vision_keep=vision_keep, schedule=schedule,
+                                     score_layer=score_layer, random_keep_seed=random_keep_seed,
+                                     template=lm.template)
+        self.describe = {"model": lm.source.name, "vision_keep": vision_keep,
+                         "schedule": self.ref.schedule.spec(), "precision": "fp32",
+                         "random_keep": random_keep_seed is not None}
+
+    def __call__(self, images, prompts, max_new_tokens) -> list[Prediction]:
+        tokens, state, prep = self.ref.generate_ids(images, prompts, max_new_tokens)
+        tok = self.ref.tokenizer
+        deepest = max(state.kept) if state.kept else None
+        return [Prediction(tok.decode(t, skip_special_tokens=True).strip(), prep.kept_index[b].tolist(),
+                           state.kept[deepest][b].tolist() if deepest is not None else None)
+                for b, t in enumerate(tokens)]
+
+
+def evaluate(answer, n: int = 500, seed: int = 0, batch_size: int = 16, max_new_tokens: int = 4,
+             split: str = "test", progress: bool = True) -> dict:
+    samples = shapes.benchmark(split, n, seed)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    on_object_vision, on_object_llm = [], []
+    t0 = time.time()
+    bar = tqdm(total=len(samples), desc="accuracy", unit="q", disable=not progress)
+    for s in range(0, len(samples), batch_size):
+        chunk = samples[s:s + batch_size]
+        scenes = [shapes.render_scene(x.split, x.scene_index) for x in chunk]
+        preds = answer([sc.pil() for sc in scenes], [x.question for x in chunk], max_new_tokens)
+        for x, sc, p in zip(chunk, scenes, preds):
+            hits[x.family].append(normalise(p.text) == x.answer)
+            on_obj = sc.patch_object >= 0
+            on_object_vision.append(float(on_obj[p.vision_kept].mean()))
+            if p.llm_kept is not None:
+                on_object_llm.append(float(on_obj[np.asarray(p.vision_kept)[p.llm_kept]].mean()))
+        bar.update(len(chunk))
+    bar.close()
+    flat = [h for v in hits.values() for h in v]
+    out = {
+        "n": len(samples), "seed": seed, "split": split,
+        "accuracy": float(np.mean(flat)),
+        "per_family": {f: float(np.mean(v)) for f, v in sorted(hits.items())},
+        "kept_on_object": float(np.mean(on_object_vision)),
+        "elapsed_s": round(time.time() - t0, 2),
+        "backend": answer.backend,
+        **answer.describe,
+    }
+    if on_object_llm:
+        out["llm_kept_on_object"] = float(np.mean(on_object_llm))
+    return out

@@ -1,0 +1,50 @@
+"""accm-export: write a verified bundle of ONNX graphs for a model and pruning configuration."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ._common import Parser, add_model_options, bundle_options, run_cli
+
+
+def _export(args) -> int:
+    options = bundle_options(args)
+    if args.output is None:
+        from ..export.default import ensure_bundle
+
+        path = ensure_bundle(args.model, options, progress=not args.quiet)
+    else:
+        from ..export.exporter import ExportConfig, export_bundle
+        from ..pruning.schedule import Schedule
+
+        config = ExportConfig(precision=options["precision"], vision_keep=options["vision_keep"],
+                              schedule=Schedule.from_json(options["schedule"]),
+                              score_layer=options["score_layer"], target=options["target"])
+        path = Path(args.output)
+        export_bundle(args.model, path, config, overwrite=args.overwrite, progress=not args.quiet)
+    manifest = json.loads((path / "manifest.json").read_text())
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(json.dumps({"bundle": str(path), "model": manifest["source_model"]["name"],
+                      "precision": manifest["precision"], "pruning": manifest["pruning"],
+                      "size_bytes": size}, indent=1))
+    return 0
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="accm-export", description=__doc__)
+    add_model_options(p)
+    p.add_argument("--output", default=None, help="bundle directory (default: the accm-run cache)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The default bundle of a model and configuration: found in the cache, or exported on first use.
+
+Importing this module is torch-free; the exporter (and torch) load only when a bundle must be
+built, so ``accm-run`` on a cached bundle never imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import AccmUserError
+from ..manifest import MANIFEST
+from ..models.registry import checkpoint_digest, resolve
+from ..runtime.cache import bundle_path
+
+
+def ensure_bundle(model: str | None, options: dict, progress: bool = True) -> Path:
+    source = resolve(model)
+    path = bundle_path(source, checkpoint_digest(source.path), options)
+    if (path / MANIFEST).exists():
+        return path
+    try:
+        from ..pruning.schedule import Schedule
+        from .exporter import ExportConfig, export_bundle
+    except ImportError as e:
+        raise AccmUserError(f"no cached bundle for this configuration, and exporting one needs the [export] "
+                            f"extra ({e.name} is missing): pip install 'accm[export]'") from None
+    config = ExportConfig(precision=options["precision"], vision_keep=options["vision_keep"],
+                          schedule=Schedule.from_json(options["schedule"]), score_layer=options["score_layer"],
+                          target=options["target"])
+    export_bundle(model, path, config, overwrite=True, progress=progress)
+    return path

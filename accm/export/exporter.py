@@ -1,0 +1,163 @@
+"""``accm-export``: a model plus a pruning configuration → a verified bundle of ONNX graphs.
+
+Stages: ``vision.onnx`` (CLIP tower + projector + vision-side top-k with a static k),
+``embed.onnx`` (token embedding lookup), ``llm_prefill.onnx`` (the LLM-side schedule inside the
+graph) and ``llm_decode.onnx`` (one token, each layer's past KV at its own length), plus the
+tokenizer and ``manifest.json``. Written to a temporary directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch.export import Dim
+from tqdm import tqdm
+
+from .. import __version__, manifest
+from ..data.preprocess import ImageSpec
+from ..errors import AccmUserError
+from ..models.loading import LoadedModel, load_llava
+from ..models.registry import checkpoint_digest
+from ..pruning.schedule import Schedule
+from ..pruning.vision import encoder_layers, resolve_layer
+from .graphs import DecodeStage, EmbedStage, PrefillStage, VisionStage
+from .onnx_io import export_module, share_weights
+
+PRECISIONS = ("fp32",)
+TARGETS = ("ort",)
+
+
+class ExportError(AccmUserError, ValueError):
+    """An export configuration that cannot work for this model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    precision: str = "fp32"
+    vision_keep: int | None = None
+    schedule: Schedule = dataclasses.field(default_factory=Schedule.none)
+    score_layer: int | None = None
+    target: str = "ort"
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        if self.target not in TARGETS:
+            raise ExportError(f"unknown target {self.target!r}; choose from {', '.join(TARGETS)}")
+        if self.vision_keep is not None and not 1 <= self.vision_keep:
+            raise ExportError(f"--vision-keep must be >= 1, got {self.vision_keep}")
+
+    def n_image(self, n_patches: int) -> int:
+        return n_patches if self.vision_keep is None else min(self.vision_keep, n_patches)
+
+
+def _dims(model):
+    t = model.config.text_config
+    heads = t.num_attention_heads
+    return {
+        "hidden": t.hidden_size, "num_layers": t.num_hidden_layers, "num_heads": heads,
+        "num_kv_heads": getattr(t, "num_key_value_heads", None) or heads,
+        "head_dim": getattr(t, "head_dim", None) or t.hidden_size // heads, "vocab": t.vocab_size,
+        "max_positions": t.max_position_embeddings,
+    }
+
+
+def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrite: bool = False,
+                  progress: bool = True, loaded: LoadedModel | None = None) -> dict:
+    """Export ``name`` (any --model value) into the bundle directory ``output``."""
+    config.validate()
+    lm = loaded or load_llava(name, dtype=torch.float32)
+    model, processor = lm.model, lm.processor
+    vcfg = model.config.vision_config
+    n_patches = (vcfg.image_size // vcfg.patch_size) ** 2
+    n_image = config.n_image(n_patches)
+    dims = _dims(model)
+    try:
+        counts = config.schedule.layer_counts(dims["num_layers"], n_image)
+        layer_count = len(encoder_layers(model.model.vision_tower))
+        if config.score_layer is not None:
+            resolve_layer(layer_count, config.score_layer)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    vision = VisionStage(model, config.vision_keep, config.score_layer)
+    prefill = PrefillStage(model, n_image, config.schedule)
+    decode = DecodeStage(model, counts)
+    embed = EmbedStage(model)
+    spec = ImageSpec.from_hf(processor.image_processor)
+    hidden, kvh, hd = dims["hidden"], dims["num_kv_heads"], dims["head_dim"]
+    batch, seq = Dim("batch"), Dim("seq")
+    pasts = [Dim(f"past{g}") for g in range(decode.n_groups)]
+
+    def prefill_sample():
+        length = n_image + 13
+        ids = torch.ones(2, length, dtype=torch.long)
+        ids[:, 4:4 + n_image] = model.config.image_token_index
+        return (ids, torch.randn(2, length, hidden), torch.ones(2, length, dtype=torch.long),
+                torch.arange(length).expand(2, length).contiguous())
+
+    def decode_sample():
+        lengths = [37 + 5 * g for g in range(decode.n_groups)]
+        masks = [torch.ones(2, n + 1, dtype=torch.long) for n in lengths]
+        past, shapes = [], []
+        for g in decode.groups:
+            past += [torch.randn(2, kvh, lengths[g], hd) for _ in range(2)]
+            shapes += [{0: batch, 2: pasts[g]}] * 2
+        args = (torch.randn(2, 1, hidden), torch.full((2, 1), 50, dtype=torch.long), *masks, *past)
+        dyn = ({0: batch}, {0: batch}, tuple([{0: batch, 1: p + 1} for p in pasts] + shapes))
+        return args, dyn
+
+    dec_args, dec_dyn = decode_sample()
+    jobs = [
+        ("vision", vision, (torch.randn(2, 3, spec.size, spec.size),), ["pixel_values"],
+         vision.output_names(), ({0: batch},)),
+        ("embed", embed, (torch.ones(2, 7, dtype=torch.long),), ["input_ids"], ["inputs_embeds"],
+         ({0: batch, 1: seq},)),
+        ("llm_prefill", prefill, prefill_sample(), ["input_ids", "inputs_embeds", "attention_mask", "position_ids"],
+         prefill.output_names(), tuple({0: batch, 1: seq} for _ in range(4))),
+        ("llm_decode", decode, dec_args, decode.input_names(), decode.output_names(), dec_dyn),
+    ]
+    with manifest.staged_directory(Path(output), overwrite) as tmp:
+        bar = tqdm(total=len(jobs) + 2, desc="export", unit="stage", disable=not progress)
+        stages = {}
+        for stage, module, args, ins, outs, dyn in jobs:
+            bar.set_postfix_str(stage)
+            export_module(module, args, tmp / f"{stage}.onnx", ins, outs, dyn)
+            stages[stage] = {"file": f"{stage}.onnx", "inputs": ins, "outputs": outs}
+            bar.update()
+        bar.set_postfix_str("share weights")
+        share_weights(tmp / "llm_prefill.onnx", tmp / "llm_decode.onnx")
+        processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        bar.update()
+        bar.set_postfix_str("manifest")
+        info = {
+            "toolkit_version": __version__,
+            "source_model": {"name": lm.source.name, "repo_id": lm.source.repo_id,
+                             "digest": checkpoint_digest(lm.source.path)},
+            "precision": config.precision,
+            "target": config.target,
+            "pruning": {
+                "vision_keep": config.vision_keep if n_image < n_patches else None,
+                "score_layer": vision.score_layer,
+                "schedule": config.schedule.to_json(),
+                "layer_counts": counts,
+                "prune_points": {str(k): v for k, v in prefill.points.items()},
+                "layer_groups": decode.groups,
+            },
+            "prompt_template": lm.template,
+            "image": spec.to_json(),
+            "tokens": {
+                "image_token_id": int(model.config.image_token_index), "n_patches": n_patches,
+                "n_image": n_image, "bos_token_id": processor.tokenizer.bos_token_id,
+                "eos_token_id": processor.tokenizer.eos_token_id,
+                "pad_token_id": processor.tokenizer.pad_token_id,
+            },
+            "model": dims,
+            "tokenizer": "tokenizer.json",
+            "stages": stages,
+        }
+        result = manifest.write_manifest(tmp, info)
+        bar.update()
+        bar.close()
+    return result

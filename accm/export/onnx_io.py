@@ -1,0 +1,90 @@
+"""Exporting one stage to ONNX (torch.onnx dynamo exporter) and sharing weights between graphs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+OPSET = 18
+
+
+def export_module(module: torch.nn.Module, args: tuple, path: Path, input_names: list[str],
+                  output_names: list[str], dynamic_shapes) -> Path:
+    """Export with the dynamo exporter, weights as external data next to the graph."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, args, dynamo=True, input_names=input_names, output_names=output_names,
+            dynamic_shapes=dynamic_shapes, opset_version=OPSET, verbose=False,
+        )
+    program.save(str(path), external_data=True)
+    del program
+    return path
+
+
+def _external_info(tensor) -> dict:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _point(tensor, location: str, offset: int, length: int) -> None:
+    """Re-point an external initializer (no raw data is loaded or copied)."""
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def share_weights(primary: Path, secondary: Path) -> int:
+    """Point ``secondary``'s external initializers at identical ones in ``primary``'s data file.
+
+    Prefill and decode carry the same decoder weights; after this the bundle stores them once.
+    Returns the bytes saved. Tensors are matched by dtype, shape and content hash.
+    """
+    import onnx
+
+    def index(model_path: Path):
+        model = onnx.load(str(model_path), load_external_data=False)
+        out = {}
+        for init in model.graph.initializer:
+            if init.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = _external_info(init)
+            data_path = model_path.parent / info["location"]
+            with open(data_path, "rb") as f:
+                f.seek(int(info.get("offset", 0)))
+                digest = hashlib.sha256(f.read(int(info["length"]))).hexdigest()
+            out[init.name] = (init, info, digest)
+        return model, out
+
+    _, prim = index(primary)
+    by_key = {(i.data_type, tuple(i.dims), d): info for i, info, d in prim.values()}
+    model, sec = index(secondary)
+    own_data = secondary.parent / (secondary.name + ".data")
+    kept_bytes = []
+    saved = 0
+    for _, (init, info, digest) in sec.items():
+        match = by_key.get((init.data_type, tuple(init.dims), digest))
+        if match is not None:
+            _point(init, match["location"], int(match.get("offset", 0)), int(match["length"]))
+            saved += int(match["length"])
+        else:
+            with open(secondary.parent / info["location"], "rb") as f:
+                f.seek(int(info.get("offset", 0)))
+                kept_bytes.append((init, f.read(int(info["length"]))))
+    tmp = own_data.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        for init, data in kept_bytes:
+            offset = f.tell()
+            pad = (-offset) % 64
+            f.write(b"\0" * pad)
+            _point(init, own_data.name, offset + pad, len(data))
+            f.write(data)
+    os.replace(tmp, own_data)
+    onnx.save(model, str(secondary))
+    return saved

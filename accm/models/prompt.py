@@ -1,0 +1,43 @@
+"""Prompt token ids with a (possibly pruned) image span; torch-free, shared by reference and runtime.
+
+Image tokens keep their original position ids: the span always occupies ``n_patches``
+positions, whichever of its tokens survive, so the text after it sits where it would in the
+full-token prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def split_at_image(ids: Sequence[int], image_token_id: int) -> tuple[list[int], list[int]]:
+    ids = list(ids)
+    if ids.count(image_token_id) != 1:
+        raise ValueError("the rendered prompt must hold exactly one <image> token")
+    cut = ids.index(image_token_id)
+    return ids[:cut], ids[cut + 1:]
+
+
+def build_prompt_ids(prefix: list[int], suffix: list[int], kept: Sequence[int], image_token_id: int,
+                     n_patches: int) -> tuple[list[int], list[int]]:
+    """Token ids and position ids of one prompt whose image span keeps patches ``kept``."""
+    ids = list(prefix) + [image_token_id] * len(kept) + list(suffix)
+    s = len(prefix)
+    pos = list(range(s)) + [s + int(j) for j in kept]
+    pos += list(range(s + n_patches, s + n_patches + len(suffix)))
+    return ids, pos
+
+
+def left_pad(rows: list[list[int]], positions: list[list[int]], pad_id: int):
+    """numpy ``(ids, position_ids, attention_mask)``, left-padded (pads: position 1, mask 0)."""
+    length = max(len(r) for r in rows)
+    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+    pos = np.ones((len(rows), length), dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=np.int64)
+    for i, (r, p) in enumerate(zip(rows, positions)):
+        ids[i, length - len(r):] = r
+        pos[i, length - len(r):] = p
+        mask[i, length - len(r):] = 1
+    return ids, pos, mask

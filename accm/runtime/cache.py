@@ -1,0 +1,25 @@
+"""Where default bundles live: one directory per (model digest, precision, pruning config)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..models.registry import ModelSource
+
+
+def cache_root() -> Path:
+    env = os.environ.get("ACCM_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "accm"
+
+
+def bundle_path(source: ModelSource, digest: str, config: dict) -> Path:
+    """The cache directory of the bundle for ``config`` (a JSON-able dict of export options)."""
+    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in source.name)[-40:]
+    return cache_root() / "bundles" / f"{safe}-{digest[:12]}-{key}"

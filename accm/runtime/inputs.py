@@ -1,0 +1,51 @@
+"""Validating what a user hands the runtime: image files and prompts."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InputError
+
+MAX_PROMPT_CHARS = 4000
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image (first frame of an animation), or raise ``InputError``.
+
+    Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is enforced as an error,
+    not a warning, so a hostile file cannot exhaust memory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image not found: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"image is empty (0 bytes): {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.seek(0)
+                img.load()
+                frame = img.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"image rejected as a decompression bomb: {path} ({e})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"not an image Pillow can read: {path}") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        raise InputError(f"unreadable image {path}: {e}") from None
+    if frame.width < 1 or frame.height < 1:
+        raise InputError(f"image has no pixels: {path}")
+    return frame
+
+
+def check_prompt(prompt: str, max_chars: int = MAX_PROMPT_CHARS) -> str:
+    if prompt is None or not prompt.strip():
+        raise InputError("the prompt is empty")
+    if len(prompt) > max_chars:
+        raise InputError(f"the prompt is too long ({len(prompt)} characters, at most {max_chars})")
+    if "<image>" in prompt:
+        raise InputError("the prompt must not contain '<image>' (the image goes where the template puts it)")
+    return prompt
