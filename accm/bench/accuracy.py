@@ -12,6 +12,7 @@ import dataclasses
 import re
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -25,11 +26,15 @@ def normalise(text: str) -> str:
     return words[0] if words else ""
 
 
+CAPTION_MODES = ("selected", "random", "oracle", "none")
+
+
 @dataclasses.dataclass
 class Prediction:
     text: str
     vision_kept: list[int]  # patch indices the LLM received
     llm_kept: list[int] | None  # offsets into those kept at the deepest prune point
+    alternatives: list[str] | None = None  # oracle mode: the answer with each candidate caption
 
 
 class BundleAnswerer:
@@ -40,6 +45,7 @@ class BundleAnswerer:
 
         self.pipe = Pipeline(bundle, provider=provider)
         self.describe = {"bundle": str(bundle), "model": self.pipe.manifest["source_model"]["name"],
+                         "accm": "accm" in self.pipe.manifest,
                          "vision_keep": self.pipe.manifest["pruning"]["vision_keep"],
                          "schedule": Schedule.from_json(self.pipe.manifest["pruning"]["schedule"]).spec(),
                          "precision": self.pipe.manifest["precision"]}
@@ -55,25 +61,65 @@ class TorchAnswerer:
     backend = "torch"
 
     def __init__(self, model: str | None, vision_keep=None, schedule="none", score_layer=None,
-                 random_keep_seed: int | None = None):
+                 random_keep_seed: int | None = None, accm: bool = False, accm_dir: str | None = None,
+                 caption_mode: str = "selected", seed: int = 0):
         from ..models.loading import load_llava
         from ..pruning.reference import ReferencePipeline
 
         lm = load_llava(model)
+        self.compensator = None
+        if accm:
+            from ..compensation.compensator import Compensator
+            from ..errors import AccmUserError
+
+            if vision_keep is None:
+                raise AccmUserError("--accm compensates vision-side pruning: give --vision-keep K")
+            directory = Path(accm_dir) if accm_dir else Path(lm.source.path) / "accm"
+            if not (directory / "caption").is_dir():
+                raise AccmUserError(f"no trained ACCM modules in {directory} (accm-train accm, or --accm-dir)")
+            self.compensator = Compensator.load(directory, lm.processor.tokenizer)
+        if caption_mode not in CAPTION_MODES:
+            raise ValueError(f"caption mode must be one of {CAPTION_MODES}")
+        self.caption_mode = caption_mode
+        self.rng = np.random.default_rng(seed)
         self.ref = ReferencePipeline(lm.model, lm.processor, vision_keep=vision_keep, schedule=schedule,
                                      score_layer=score_layer, random_keep_seed=random_keep_seed,
                                      template=lm.template)
         self.describe = {"model": lm.source.name, "vision_keep": vision_keep,
                          "schedule": self.ref.schedule.spec(), "precision": "fp32",
-                         "random_keep": random_keep_seed is not None}
+                         "random_keep": random_keep_seed is not None, "accm": accm,
+                         "caption_mode": caption_mode if accm else None}
+
+    def _answers(self, images, prompts, max_new_tokens, captions, vision):
+        prep = self.ref.prepare(images, prompts, captions, vision=vision)
+        from ..pruning.llm import generate
+
+        tok = self.ref.tokenizer
+        tokens, state = generate(self.ref.model, prep.inputs_embeds, prep.attention_mask, prep.image_mask,
+                                 self.ref.schedule, max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
+                                 pad_token_id=tok.pad_token_id, position_ids=prep.position_ids)
+        return [tok.decode(t, skip_special_tokens=True).strip() for t in tokens], state, prep
 
     def __call__(self, images, prompts, max_new_tokens) -> list[Prediction]:
-        tokens, state, prep = self.ref.generate_ids(images, prompts, max_new_tokens)
-        tok = self.ref.tokenizer
+        vision = self.ref.vision(self.ref.pixel_values(images))
+        captions, alternatives = None, None
+        if self.compensator is not None and self.caption_mode != "none":
+            comp = self.compensator(vision.discarded, vision.discarded_index, prompts)
+            if self.caption_mode == "selected":
+                captions = comp.captions
+            elif self.caption_mode == "random":
+                captions = [c[int(self.rng.integers(len(c)))] for c in comp.candidates]
+            else:  # oracle: the answer with every candidate; scored as right if any is right
+                m = len(comp.candidates[0])
+                alternatives = [self._answers(images, prompts, max_new_tokens, [c[j] for c in comp.candidates],
+                                              vision)[0] for j in range(m)]
+                captions = comp.captions
+        texts, state, prep = self._answers(images, prompts, max_new_tokens, captions, vision)
         deepest = max(state.kept) if state.kept else None
-        return [Prediction(tok.decode(t, skip_special_tokens=True).strip(), prep.kept_index[b].tolist(),
-                           state.kept[deepest][b].tolist() if deepest is not None else None)
-                for b, t in enumerate(tokens)]
+        return [Prediction(text, prep.kept_index[b].tolist(),
+                           state.kept[deepest][b].tolist() if deepest is not None else None,
+                           [alt[b] for alt in alternatives] if alternatives else None)
+                for b, text in enumerate(texts)]
 
 
 def evaluate(answer, n: int = 500, seed: int = 0, batch_size: int = 16, max_new_tokens: int = 4,
@@ -88,7 +134,8 @@ def evaluate(answer, n: int = 500, seed: int = 0, batch_size: int = 16, max_new_
         scenes = [shapes.render_scene(x.split, x.scene_index) for x in chunk]
         preds = answer([sc.pil() for sc in scenes], [x.question for x in chunk], max_new_tokens)
         for x, sc, p in zip(chunk, scenes, preds):
-            hits[x.family].append(normalise(p.text) == x.answer)
+            options = p.alternatives if p.alternatives is not None else [p.text]
+            hits[x.family].append(any(normalise(o) == x.answer for o in options))
             on_obj = sc.patch_object >= 0
             on_object_vision.append(float(on_obj[p.vision_kept].mean()))
             if p.llm_kept is not None:

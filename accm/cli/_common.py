@@ -55,7 +55,8 @@ def bundle_options(args) -> dict:
     except ValueError as e:
         raise UserError(str(e)) from None
     return {"precision": args.precision, "vision_keep": args.vision_keep, "schedule": schedule.to_json(),
-            "score_layer": args.score_layer, "target": getattr(args, "target", "ort")}
+            "score_layer": args.score_layer, "target": getattr(args, "target", "ort"),
+            "accm": getattr(args, "accm", False), "accm_dir": getattr(args, "accm_dir", None)}
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

@@ -21,7 +21,8 @@ def _export(args) -> int:
 
         config = ExportConfig(precision=options["precision"], vision_keep=options["vision_keep"],
                               schedule=Schedule.from_json(options["schedule"]),
-                              score_layer=options["score_layer"], target=options["target"])
+                              score_layer=options["score_layer"], target=options["target"],
+                              accm=options["accm"], accm_dir=options["accm_dir"])
         path = Path(args.output)
         export_bundle(args.model, path, config, overwrite=args.overwrite, progress=not args.quiet)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -36,6 +37,8 @@ def build_parser() -> Parser:
     p = Parser(prog="accm-export", description=__doc__)
     add_model_options(p)
     p.add_argument("--output", default=None, help="bundle directory (default: the accm-run cache)")
+    p.add_argument("--accm", action="store_true", help="add the ACCM caption model and selector (needs --vision-keep)")
+    p.add_argument("--accm-dir", default=None, help="trained caption/ and selector/ (default: <model>/accm)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)

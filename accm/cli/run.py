@@ -30,7 +30,8 @@ def _run(args) -> int:
     pipe = Pipeline(bundle, provider=args.provider)
     if args.json:
         ans = pipe.generate([image], [args.prompt], args.max_new_tokens)[0]
-        print(json.dumps({"answer": ans.text, "tokens": ans.counts, "times_ms": ans.timings_ms,
+        print(json.dumps({"answer": ans.text, "caption": ans.caption, "tokens": ans.counts,
+                          "times_ms": ans.timings_ms,
                           "bundle": str(bundle), "provider": args.provider,
                           "pruning": {k: pipe.manifest["pruning"][k] for k in ("vision_keep", "schedule")}},
                          indent=1))
@@ -63,6 +64,7 @@ def build_parser() -> Parser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print answer, token counts and per-stage times as JSON")
     p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
+    p.add_argument("--accm", action="store_true", help="default bundle with ACCM compensation (needs --vision-keep)")
     p.set_defaults(func=_run)
     return p
 

@@ -22,17 +22,46 @@ def _base(args) -> int:
     return 0
 
 
+def _accm(args) -> int:
+    from ..compensation.data import JsonlSource
+    from ..compensation.train import AccmRecipe, train_accm
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(AccmRecipe)
+                 if f.name != "keeps" and getattr(args, f.name, None) is not None}
+    if args.keeps:
+        overrides["keeps"] = tuple(args.keeps)
+    recipe = dataclasses.replace(AccmRecipe(), **overrides)
+    questions = JsonlSource(args.data, "question") if args.data else None
+    captions = JsonlSource(args.captions, "caption") if args.captions else None
+    summary = train_accm(args.model, Path(args.output), Path(args.work), recipe, questions, captions)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _recipe_flags(parser, recipe_cls) -> None:
+    for f in dataclasses.fields(recipe_cls):
+        if f.type in ("int", "float"):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name,
+                                type=int if f.type == "int" else float, default=None)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="accm-train", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     b = sub.add_parser("base", help="train accm-tiny from nothing (resumable)")
     b.add_argument("--work", required=True, help="work directory: pools, features, checkpoints")
     b.add_argument("--output", required=True, help="where the HF checkpoint is written")
-    for f in dataclasses.fields(__import__("accm.train.base", fromlist=["BaseRecipe"]).BaseRecipe):
-        if f.type in ("int", "float"):
-            b.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name,
-                           type=int if f.type == "int" else float, default=None)
+    _recipe_flags(b, __import__("accm.train.base", fromlist=["BaseRecipe"]).BaseRecipe)
     b.set_defaults(func=_base)
+    a = sub.add_parser("accm", help="train the ACCM caption model and selector for a LLaVA-1.5 model")
+    a.add_argument("--model", default=None, help="checkpoint directory, alias or accm-tiny (default)")
+    a.add_argument("--data", default=None, help="stage 2 JSONL: {image, question} per line (default: ShapesVQA)")
+    a.add_argument("--captions", default=None, help="stage 1 JSONL: {image, caption} per line (default: ShapesVQA)")
+    a.add_argument("--work", required=True, help="work directory: checkpoints and logs (resumable)")
+    a.add_argument("--output", required=True, help="where caption/ and selector/ are written")
+    a.add_argument("--keeps", type=int, nargs="+", default=None, help="vision keep counts to train at (18 36)")
+    _recipe_flags(a, __import__("accm.compensation.train", fromlist=["AccmRecipe"]).AccmRecipe)
+    a.set_defaults(func=_accm)
     return p
 
 

@@ -27,6 +27,7 @@ def ensure_bundle(model: str | None, options: dict, progress: bool = True) -> Pa
                             f"extra ({e.name} is missing): pip install 'accm[export]'") from None
     config = ExportConfig(precision=options["precision"], vision_keep=options["vision_keep"],
                           schedule=Schedule.from_json(options["schedule"]), score_layer=options["score_layer"],
-                          target=options["target"])
+                          target=options["target"], accm=options.get("accm", False),
+                          accm_dir=options.get("accm_dir"))
     export_bundle(model, path, config, overwrite=True, progress=progress)
     return path

@@ -22,7 +22,15 @@ from ..models.loading import LoadedModel, load_llava
 from ..models.registry import checkpoint_digest
 from ..pruning.schedule import Schedule
 from ..pruning.vision import encoder_layers, resolve_layer
-from .graphs import DecodeStage, EmbedStage, PrefillStage, VisionStage
+from .graphs import (
+    CaptionDecodeStage,
+    CaptionPrefixStage,
+    DecodeStage,
+    EmbedStage,
+    PrefillStage,
+    SelectorStage,
+    VisionStage,
+)
 from .onnx_io import export_module, share_weights
 
 PRECISIONS = ("fp32",)
@@ -40,6 +48,8 @@ class ExportConfig:
     schedule: Schedule = dataclasses.field(default_factory=Schedule.none)
     score_layer: int | None = None
     target: str = "ort"
+    accm: bool = False  # add the ACCM caption model and selector
+    accm_dir: str | None = None  # trained modules (default: <model>/accm)
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -48,6 +58,8 @@ class ExportConfig:
             raise ExportError(f"unknown target {self.target!r}; choose from {', '.join(TARGETS)}")
         if self.vision_keep is not None and not 1 <= self.vision_keep:
             raise ExportError(f"--vision-keep must be >= 1, got {self.vision_keep}")
+        if self.accm and self.vision_keep is None:
+            raise ExportError("--accm compensates vision-side pruning: give --vision-keep K (e.g. 18)")
 
     def n_image(self, n_patches: int) -> int:
         return n_patches if self.vision_keep is None else min(self.vision_keep, n_patches)
@@ -118,6 +130,13 @@ def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrit
          prefill.output_names(), tuple({0: batch, 1: seq} for _ in range(4))),
         ("llm_decode", decode, dec_args, decode.input_names(), decode.output_names(), dec_dyn),
     ]
+    accm_info = None
+    if config.accm:
+        comp = load_compensator(lm, config.accm_dir)
+        if n_image >= n_patches:
+            raise ExportError("--accm needs vision-side pruning to leave discarded tokens")
+        jobs += accm_jobs(comp, n_patches - n_image, batch, vcfg.hidden_size)
+        accm_info = accm_manifest(comp)
     with manifest.staged_directory(Path(output), overwrite) as tmp:
         bar = tqdm(total=len(jobs) + 2, desc="export", unit="stage", disable=not progress)
         stages = {}
@@ -157,7 +176,55 @@ def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrit
             "tokenizer": "tokenizer.json",
             "stages": stages,
         }
+        if accm_info is not None:
+            info["accm"] = accm_info
         result = manifest.write_manifest(tmp, info)
         bar.update()
         bar.close()
     return result
+
+
+def load_compensator(lm: LoadedModel, accm_dir: str | None):
+    from ..compensation.compensator import Compensator
+
+    directory = Path(accm_dir) if accm_dir else Path(lm.source.path) / "accm"
+    if not (directory / "caption").is_dir() or not (directory / "selector").is_dir():
+        raise ExportError(f"no trained ACCM modules in {directory} (train them with `accm-train accm`, "
+                          "or pass --accm-dir)")
+    return Compensator.load(directory, lm.processor.tokenizer)
+
+
+def accm_jobs(comp, n_discarded: int, batch, vision_dim: int) -> list:
+    cfg = comp.caption.cfg
+    heads, head_dim = cfg.lm_heads, cfg.hidden // cfg.lm_heads
+    new, past, length = Dim("new"), Dim("past"), Dim("length")
+    prefix = CaptionPrefixStage(comp.caption)
+    decode = CaptionDecodeStage(comp.caption)
+    selector = SelectorStage(comp.selector)
+    kv = [torch.randn(2, heads, 5, head_dim) for _ in range(2 * cfg.lm_layers)]
+    return [
+        ("caption_prefix", prefix,
+         (torch.randn(2, n_discarded, vision_dim), torch.arange(n_discarded).expand(2, n_discarded).contiguous()),
+         ["discarded_features", "discarded_index"], ["prefix"], ({0: batch}, {0: batch})),
+        ("caption_embed", EmbedStage(comp.caption.lm), (torch.ones(2, 7, dtype=torch.long),), ["input_ids"],
+         ["inputs_embeds"], ({0: batch, 1: Dim("seq")},)),
+        ("caption_decode", decode,
+         (torch.randn(2, 3, cfg.hidden), torch.ones(2, 3, dtype=torch.long), torch.ones(2, 5, dtype=torch.long),
+          torch.arange(5, 8).expand(2, 3).contiguous(), *kv),
+         decode.input_names(), decode.output_names(),
+         ({0: batch, 1: new}, {0: batch, 1: new}, {0: batch, 1: past}, {0: batch, 1: new},
+          tuple({0: batch, 2: past} for _ in kv))),
+        ("selector", selector, (torch.ones(2, 3, 9, dtype=torch.long), torch.ones(2, 3, 9, dtype=torch.long)),
+         ["input_ids", "attention_mask"], ["probs"], ({0: batch, 2: length}, {0: batch, 2: length})),
+    ]
+
+
+def accm_manifest(comp) -> dict:
+    cfg = comp.caption.cfg
+    return {
+        "beams": cfg.beams, "max_caption_tokens": cfg.max_caption_tokens, "prefix_len": cfg.prefix_len,
+        "stop_token_ids": list(cfg.stop_token_ids), "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id, "layers": cfg.lm_layers, "heads": cfg.lm_heads,
+        "head_dim": cfg.hidden // cfg.lm_heads, "hidden": cfg.hidden,
+        "selector_max_tokens": comp.selector.cfg.max_text_tokens,
+    }

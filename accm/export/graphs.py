@@ -209,3 +209,65 @@ class DecodeStage(nn.Module):
     def output_names(self) -> list[str]:
         kv = [f"present.{li}.{kind}" for li in range(len(self.decoder.layers)) for kind in ("key", "value")]
         return ["logits", *kv]
+
+
+class CaptionPrefixStage(nn.Module):
+    """discarded features + their patch indices → the caption LM's prefix embeddings."""
+
+    def __init__(self, caption):
+        super().__init__()
+        self.mapper = caption.mapper
+
+    def forward(self, discarded_features, discarded_index):
+        return self.mapper(discarded_features, discarded_index)
+
+
+class CaptionDecodeStage(nn.Module):
+    """The caption LM (GPT-2 blocks) on ``T`` new embeddings with a KV cache of length ``P``.
+
+    The first pass feeds ``[question ; prefix]`` with an empty cache, each beam step one token.
+    ``past_mask [B, P]`` and ``new_mask [B, T]`` mark valid cache entries and new tokens (two
+    inputs, as an export cannot tie one dynamic length to the sum of two others). Returns the
+    last position's logits.
+    """
+
+    def __init__(self, caption):
+        super().__init__()
+        self.lm = caption.lm
+        self.blocks = caption.lm.transformer.h
+
+    def forward(self, inputs_embeds, new_mask, past_mask, position_ids, *past):
+        attention_mask = torch.cat([past_mask, new_mask], dim=1)
+        n_new = inputs_embeds.shape[1]
+        total = attention_mask.shape[1]
+        keys = torch.arange(total, device=inputs_embeds.device)
+        query_abs = keys[-n_new:] if n_new > 0 else keys[:0]
+        allowed = (keys[None, :] <= query_abs[:, None])[None] & (attention_mask > 0)[:, None, :]
+        allowed = (allowed | (keys[None, :] == query_abs[:, None])[None])[:, None]
+        mask = for_attention(allowed, self.lm.transformer, inputs_embeds.dtype)
+        cache = _KV([(past[2 * i], past[2 * i + 1]) for i in range(len(self.blocks))])
+        hidden = inputs_embeds + self.lm.transformer.wpe(position_ids)
+        for block in self.blocks:
+            hidden = block(hidden, past_key_values=cache, attention_mask=mask, use_cache=True)
+        logits = self.lm.lm_head(self.lm.transformer.ln_f(hidden[:, -1]))
+        presents = [t for li in range(len(self.blocks)) for t in cache.present[li]]
+        return (logits, *presents)
+
+    def input_names(self) -> list[str]:
+        kv = [f"past.{i}.{kind}" for i in range(len(self.blocks)) for kind in ("key", "value")]
+        return ["inputs_embeds", "new_mask", "past_mask", "position_ids", *kv]
+
+    def output_names(self) -> list[str]:
+        kv = [f"present.{i}.{kind}" for i in range(len(self.blocks)) for kind in ("key", "value")]
+        return ["logits", *kv]
+
+
+class SelectorStage(nn.Module):
+    """Candidate texts ``[B, M, T]`` → selector probabilities ``[B, M]``."""
+
+    def __init__(self, selector):
+        super().__init__()
+        self.selector = selector
+
+    def forward(self, input_ids, attention_mask):
+        return torch.softmax(self.selector(input_ids, attention_mask), dim=-1)

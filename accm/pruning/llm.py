@@ -245,8 +245,13 @@ def sample_next(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0,
 def generate(model, inputs_embeds, attention_mask, image_mask, schedule: Schedule | None = None,
              max_new_tokens: int = 16, eos_token_id: int | None = None, pad_token_id: int = 0,
              position_ids: torch.Tensor | None = None, do_sample: bool = False, temperature: float = 1.0,
-             top_k: int | None = None, generator: torch.Generator | None = None):
-    """Greedy or sampled generation with the pruned cache. Returns (tokens ``[B, T]``, prefill)."""
+             top_k: int | None = None, generator: torch.Generator | None = None,
+             step_logits: list | None = None):
+    """Greedy or sampled generation with the pruned cache. Returns (tokens ``[B, T]``, prefill).
+
+    With ``step_logits`` (a list), the logits each token was drawn from are appended to it:
+    for greedy decoding, the model's distribution teacher-forced on its own answer.
+    """
     decoder, _ = decoder_of(model)
     embed = decoder.get_input_embeddings()
     state = prefill(model, inputs_embeds, attention_mask, image_mask, schedule, position_ids)
@@ -254,6 +259,8 @@ def generate(model, inputs_embeds, attention_mask, image_mask, schedule: Schedul
     done = torch.zeros(inputs_embeds.shape[0], dtype=torch.bool)
     out = []
     for step in range(max_new_tokens):
+        if step_logits is not None:
+            step_logits.append(logits)
         nxt = sample_next(logits, do_sample, temperature, top_k, generator)
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         out.append(nxt)

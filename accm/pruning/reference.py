@@ -30,12 +30,13 @@ class Prepared:
     kept_index: torch.Tensor  # [B, k] vision-side kept patches
     discarded: torch.Tensor  # [B, N-k, D_vision] for the caption model
     discarded_index: torch.Tensor
+    compensation: object | None = None  # accm.compensation.compensator.Compensation, with ACCM
 
 
 class ReferencePipeline:
     def __init__(self, model, processor, vision_keep: int | None = None, schedule=None,
                  score_layer: int | None = None, random_keep_seed: int | None = None,
-                 template: str | None = None):
+                 template: str | None = None, compensator=None):
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -45,6 +46,7 @@ class ReferencePipeline:
         self.schedule = Schedule.parse(schedule)
         self.score_layer = score_layer
         self.random_keep_seed = random_keep_seed
+        self.compensator = compensator  # ACCM: captions of the discarded tokens, spliced into the prompt
         self.image_id = model.config.image_token_index
         self.n_patches = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
 
@@ -66,6 +68,10 @@ class ReferencePipeline:
     def prepare(self, images, prompts: list[str], captions: list[str | None] | None = None,
                 vision=None) -> Prepared:
         vis = vision if vision is not None else self.vision(self.pixel_values(images))
+        comp = None
+        if captions is None and self.compensator is not None and vis.discarded.shape[1] > 0:
+            comp = self.compensator(vis.discarded, vis.discarded_index, prompts)
+            captions = comp.captions
         captions = captions or [None] * len(prompts)
         rows, positions = [], []
         for b, (prompt, cap) in enumerate(zip(prompts, captions)):
@@ -80,7 +86,7 @@ class ReferencePipeline:
         embeds = embed(input_ids.masked_fill(image_mask, 0))
         embeds = embeds.masked_scatter(image_mask[..., None], vis.kept.to(embeds.dtype))
         return Prepared(embeds, mask, image_mask, position_ids, input_ids, vis.kept_index,
-                        vis.discarded, vis.discarded_index)
+                        vis.discarded, vis.discarded_index, comp)
 
     @torch.no_grad()
     def generate_ids(self, images, prompts, max_new_tokens: int = 16, captions=None, **sampling):

@@ -32,6 +32,8 @@ class Answer:
     timings_ms: dict
     kept_index: list[int]  # vision-side kept patches
     llm_kept: dict[int, list[int]] = dataclasses.field(default_factory=dict)  # prune layer -> kept offsets
+    caption: str | None = None  # the ACCM caption spliced into the prompt
+    candidates: list[str] | None = None
 
 
 def _ms(t0: float) -> float:
@@ -56,6 +58,11 @@ class Pipeline:
         self.embed = stage("embed")
         self.prefill = stage("llm_prefill")
         self.decode = stage("llm_decode")
+        self.compensator = None
+        if "accm" in m:
+            from .compensation import BundleCompensator
+
+            self.compensator = BundleCompensator(self.root, m, self.tokenizer, provider, threads)
 
     # prompt ----------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str, caption: str | None = None) -> tuple[list[int], list[int]]:
@@ -93,8 +100,8 @@ class Pipeline:
             raise InputError("--max-new-tokens must be at least 1")
         t_start = time.perf_counter()
         timings: dict = {}
-        captions = captions or [None] * len(prompts)
-        parts = [self.prompt_ids(p, c) for p, c in zip(prompts, captions)]
+        for p in prompts:
+            check_prompt(p)
         t0 = time.perf_counter()
         pixels = np.stack([preprocess(im, self.spec) for im in images])
         timings["preprocess"] = _ms(t0)
@@ -102,6 +109,13 @@ class Pipeline:
         vis = self.vision.run({"pixel_values": pixels})
         timings["vision"] = _ms(t0)
         image_embeds, kept_index = vis["image_embeds"], vis["kept_index"]
+        comp = None
+        if captions is None and self.compensator is not None:
+            comp = self.compensator(vis["discarded_features"], vis["discarded_index"], prompts)
+            captions = comp.captions
+            timings["caption"], timings["selection"] = comp.caption_ms, comp.selection_ms
+        captions = captions or [None] * len(prompts)
+        parts = [self.prompt_ids(p, c) for p, c in zip(prompts, captions)]
         rows, positions = [], []
         for b, (prefix, suffix) in enumerate(parts):
             ids, pos = build_prompt_ids(prefix, suffix, kept_index[b], self.tokens["image_token_id"],
@@ -169,5 +183,7 @@ class Pipeline:
                 timings_ms=timings,
                 kept_index=kept_index[b].tolist(),
                 llm_kept={layer: kept[layer][b].tolist() for layer in kept},
+                caption=captions[b],
+                candidates=comp.candidates[b] if comp is not None else None,
             ))
         return answers

@@ -1,0 +1,80 @@
+"""Training data for ACCM: (image, question) pairs and (image, caption) pairs.
+
+Either the built-in ShapesVQA training split (rendered on the fly) or the user's JSONL files:
+``{"image": path, "question": text}`` per line for stage 2 and ``{"image": path, "caption":
+text}`` for stage 1 (relative paths resolve against the file's directory). No labels are read
+in stage 2: an ``answer`` field, if present, is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..data import shapes
+from ..errors import InputError
+from ..runtime.inputs import load_image
+
+
+class ShapesSource:
+    """ShapesVQA's train split: scene i gives one image, its generic caption and questions."""
+
+    def __init__(self, n_scenes: int = 16000, split: str = "train"):
+        self.n = n_scenes
+        self.split = split
+
+    def __len__(self) -> int:
+        return self.n
+
+    def caption_sample(self, i: int, rng: np.random.Generator):
+        scene = shapes.render_scene(self.split, i)
+        question = _random_question(scene, rng) if rng.random() < 0.5 else ""
+        return scene.pil(), question, shapes.describe_scene(scene)
+
+    def question_sample(self, i: int, rng: np.random.Generator):
+        scene = shapes.render_scene(self.split, i)
+        return scene.pil(), _random_question(scene, rng)
+
+
+def _random_question(scene, rng) -> str:
+    for _ in range(20):
+        q = shapes.ask(scene, shapes.FAMILIES[int(rng.integers(len(shapes.FAMILIES)))], rng)
+        if q is not None:
+            return q.question
+    return ""
+
+
+class JsonlSource:
+    """Lines of ``{"image": ..., "question": ...}`` and/or ``{"image": ..., "caption": ...}``."""
+
+    def __init__(self, path: str | Path, field: str):
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"data file not found: {path}")
+        self.rows = []
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise InputError(f"{path}:{lineno}: not valid JSON") from None
+            if "image" not in row or field not in row:
+                raise InputError(f"{path}:{lineno}: needs 'image' and '{field}'")
+            row["image"] = str((path.parent / row["image"]).resolve())
+            self.rows.append(row)
+        if not self.rows:
+            raise InputError(f"{path} holds no samples")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def caption_sample(self, i: int, rng: np.random.Generator):
+        row = self.rows[i]
+        return load_image(row["image"]), row.get("question", ""), row["caption"]
+
+    def question_sample(self, i: int, rng: np.random.Generator):
+        row = self.rows[i]
+        return load_image(row["image"]), row["question"]

@@ -1,0 +1,252 @@
+"""``accm-train accm``: train the caption model and the selector for any LLaVA-1.5 checkpoint.
+
+Stage 1, caption pretraining: discarded tokens (after vision-side pruning to K) + an optional
+question → a generic scene description (the role COCO captions play in the paper).
+Stage 2, self-supervised and label-free (ACCM §1.6 of the research notes): Q = the full-token
+model's distribution on its own greedy answer; for each beam candidate m, P_m = the K-token
+model with caption m spliced in, teacher-forced on the same answer; m* = argmin KL(Q‖P_m);
+margin-weighted cross-entropy of the caption LM on m* (mapper frozen) and of the selector on
+m*. The VLM itself stays frozen throughout. Deterministic and resumable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..models.caption import CaptionConfig, CaptionModel
+from ..models.loading import load_llava
+from ..models.selector import Selector
+from ..pruning.llm import generate, prefill
+from ..pruning.reference import ReferencePipeline
+from ..train import checkpoint
+from .compensator import Compensator
+
+
+@dataclasses.dataclass
+class AccmRecipe:
+    keeps: tuple[int, ...] = (18, 36)
+    stage1_steps: int = 3000
+    stage1_batch: int = 32
+    stage1_lr: float = 1e-3
+    stage2_steps: int = 1500
+    stage2_batch: int = 8
+    caption_lr: float = 5e-5
+    selector_lr: float = 1e-3
+    answer_tokens: int = 6
+    prefix_len: int = 10
+    caption_hidden: int = 96
+    mapper_layers: int = 1
+    caption_layers: int = 2
+    caption_heads: int = 4
+    beams: int = 3
+    max_caption_tokens: int = 67
+    selector_hidden: int = 128
+    selector_layers: int = 4
+    selector_heads: int = 8
+    seed: int = 0
+    log_every: int = 100
+
+
+def caption_config(lm, recipe: AccmRecipe) -> CaptionConfig:
+    tok = lm.processor.tokenizer
+    cfg = lm.model.config
+    stop = tok("x .", add_special_tokens=False)["input_ids"][-1]
+    n_patches = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+    return CaptionConfig(
+        vision_dim=cfg.vision_config.hidden_size, n_patches=n_patches, vocab_size=len(tok),
+        prefix_len=recipe.prefix_len, hidden=recipe.caption_hidden, mapper_layers=recipe.mapper_layers,
+        mapper_heads=recipe.caption_heads, lm_layers=recipe.caption_layers, lm_heads=recipe.caption_heads,
+        max_positions=recipe.max_caption_tokens + 96, max_caption_tokens=recipe.max_caption_tokens,
+        beams=recipe.beams, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, stop_token_ids=(stop,),
+    )
+
+
+def _batch(source, rng, size, kind):
+    idx = rng.choice(len(source), size=size, replace=len(source) < size)
+    return [getattr(source, f"{kind}_sample")(int(i), rng) for i in idx]
+
+
+def _caption_ids(tok, text: str, cfg: CaptionConfig) -> list[int]:
+    ids = tok(text, add_special_tokens=False)["input_ids"][: cfg.max_caption_tokens]
+    return ids if ids and ids[-1] in cfg.stop_token_ids else ids + [cfg.eos_token_id]
+
+
+def _log(path: Path, record: dict, bar) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    bar.write(json.dumps(record))
+
+
+def train_stage1(lm, caption: CaptionModel, source, recipe: AccmRecipe, work: Path) -> None:
+    tok = lm.processor.tokenizer
+    ref = ReferencePipeline(lm.model, lm.processor, template=lm.template)
+    params = list(caption.parameters())
+    opt = torch.optim.AdamW(params, lr=recipe.stage1_lr, weight_decay=0.01)
+    path = work / "stage1.pt"
+    start = 0
+    if (state := checkpoint.load(path)) is not None:
+        caption.load_state_dict(state["caption"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    bar = tqdm(range(start, recipe.stage1_steps), initial=start, total=recipe.stage1_steps,
+               desc="accm stage 1 (captions)", unit="step")
+    caption.train()
+    for step in bar:
+        rng = np.random.default_rng([recipe.seed, 101, step])
+        batch = _batch(source, rng, recipe.stage1_batch, "caption")
+        ref.vision_keep = recipe.keeps[step % len(recipe.keeps)]
+        vis = ref.vision(ref.pixel_values([b[0] for b in batch]))
+        prefix = caption.mapper(vis.discarded.float(), vis.discarded_index)
+        qids = [tok(q, add_special_tokens=True)["input_ids"] for _, q, _ in batch]
+        loss = caption.caption_loss(qids, prefix, [_caption_ids(tok, c, caption.cfg) for _, _, c in batch])
+        checkpoint.optimise(opt, params, loss, checkpoint.lr_at(step, recipe.stage1_steps, recipe.stage1_lr, 100))
+        loss = loss.detach()
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.stage1_steps:
+            _log(work / "stage1_log.jsonl", {"step": step + 1, "loss": float(loss), "keep": ref.vision_keep}, bar)
+            checkpoint.save(path, caption=caption.state_dict(), opt=opt.state_dict(), step=step + 1)
+    caption.eval()
+
+
+def teacher_forced_logits(ref: ReferencePipeline, images, questions, answers: list[list[int]], captions=None,
+                          vision=None) -> list[torch.Tensor]:
+    """Per sample ``[T_b, V]``: the logits predicting each answer token, the answer fed back in."""
+    prep = ref.prepare(images, questions, captions, vision=vision)
+    bsz, length = prep.attention_mask.shape
+    t_max = max(len(a) for a in answers)
+    ans = torch.full((bsz, t_max), ref.tokenizer.pad_token_id, dtype=torch.long)
+    amask = torch.zeros((bsz, t_max), dtype=torch.long)
+    for b, a in enumerate(answers):
+        ans[b, : len(a)] = torch.tensor(a)
+        amask[b, : len(a)] = 1
+    start = torch.where(prep.attention_mask > 0, prep.position_ids, -1).max(1).values + 1
+    embeds = torch.cat([prep.inputs_embeds, ref.model.get_input_embeddings()(ans)], 1)
+    mask = torch.cat([prep.attention_mask, amask], 1)
+    pos = torch.cat([prep.position_ids, start[:, None] + torch.arange(t_max)[None]], 1)
+    image_mask = torch.cat([prep.image_mask, torch.zeros_like(amask, dtype=torch.bool)], 1)
+    logits = prefill(ref.model, embeds, mask, image_mask, ref.schedule, pos).logits
+    return [logits[b, length - 1: length - 1 + len(a)] for b, a in enumerate(answers)]
+
+
+def kl(q_logits: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor:
+    """KL(Q‖P) per answer token, averaged over the answer."""
+    q = F.log_softmax(q_logits.float(), -1)
+    p = F.log_softmax(p_logits.float(), -1)
+    return (q.exp() * (q - p)).sum(-1).mean()
+
+
+def train_stage2(lm, comp: Compensator, source, recipe: AccmRecipe, work: Path) -> None:
+    tok = lm.processor.tokenizer
+    full = ReferencePipeline(lm.model, lm.processor, template=lm.template)
+    pruned = ReferencePipeline(lm.model, lm.processor, template=lm.template)
+    caption, selector = comp.caption, comp.selector
+    caption.mapper.requires_grad_(False)
+    cap_params = list(caption.lm.parameters())
+    sel_params = [p for p in selector.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": cap_params, "lr": recipe.caption_lr},
+                             {"params": sel_params, "lr": recipe.selector_lr}], weight_decay=0.01)
+    path = work / "stage2.pt"
+    start = 0
+    if (state := checkpoint.load(path)) is not None:
+        caption.load_state_dict(state["caption"])
+        selector.load_state_dict(state["selector"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    bar = tqdm(range(start, recipe.stage2_steps), initial=start, total=recipe.stage2_steps,
+               desc="accm stage 2 (self-supervised)", unit="step")
+    stats: list[dict] = []
+    for step in bar:
+        rng = np.random.default_rng([recipe.seed, 202, step])
+        batch = _batch(source, rng, recipe.stage2_batch, "question")
+        images, questions = [b[0] for b in batch], [b[1] for b in batch]
+        pruned.vision_keep = recipe.keeps[step % len(recipe.keeps)]
+        caption.eval()
+        with torch.no_grad():
+            q_steps: list[torch.Tensor] = []
+            prep = full.prepare(images, questions)
+            tokens, _ = generate(lm.model, prep.inputs_embeds, prep.attention_mask, prep.image_mask,
+                                 max_new_tokens=recipe.answer_tokens, eos_token_id=tok.eos_token_id,
+                                 pad_token_id=tok.pad_token_id, position_ids=prep.position_ids,
+                                 step_logits=q_steps)
+            answers, q_logits = [], []
+            for b in range(len(batch)):
+                seq = tokens[b].tolist()
+                n = seq.index(tok.eos_token_id) + 1 if tok.eos_token_id in seq else len(seq)
+                answers.append(seq[:n])
+                q_logits.append(torch.stack([s[b] for s in q_steps[:n]]))
+            vis = pruned.vision(pruned.pixel_values(images))
+            beams = comp.candidates(vis.discarded, vis.discarded_index, questions)
+            texts = [[comp.decode(bm) for bm in row] for row in beams]
+            m = len(texts[0])
+            kls = torch.zeros(len(batch), m)
+            for j in range(m):
+                p_logits = teacher_forced_logits(pruned, images, questions, answers,
+                                                 [row[j] for row in texts], vision=vis)
+                for b in range(len(batch)):
+                    kls[b, j] = kl(q_logits[b], p_logits[b])
+        best = kls.argmin(1)
+        margin = kls.mean(1) - kls.min(1).values
+        lam = 4.0 * float(margin.mean())
+        caption.train()
+        prefix = caption.mapper(vis.discarded.float(), vis.discarded_index).detach()
+        qids = comp.question_ids(questions)
+        targets = [beams[b][int(best[b])].tokens for b in range(len(batch))]
+        cap_loss = caption.caption_loss(qids, prefix, targets)
+        ids, mask = comp.selector_inputs(questions, texts)
+        logits = selector(torch.from_numpy(ids), torch.from_numpy(mask))
+        sel_loss = F.cross_entropy(logits, best)
+        loss = lam * (cap_loss + sel_loss)
+        for g, peak in zip(opt.param_groups, (recipe.caption_lr, recipe.selector_lr)):
+            g["lr"] = checkpoint.lr_at(step, recipe.stage2_steps, peak, warmup=50)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(cap_params + sel_params, 1.0)
+        opt.step()
+        stats.append({"kl_best": float(kls.min(1).values.mean()), "kl_mean": float(kls.mean()),
+                      "kl_selected": float(kls[torch.arange(len(batch)), logits.argmax(1)].mean()),
+                      "selector_hits": float((logits.argmax(1) == best).float().mean()), "lambda": lam})
+        bar.set_postfix(kl_best=f"{stats[-1]['kl_best']:.3f}", sel=f"{stats[-1]['selector_hits']:.2f}")
+        if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.stage2_steps:
+            rec = {"step": step + 1, **{k: float(np.mean([s[k] for s in stats])) for k in stats[0]}}
+            stats = []
+            _log(work / "stage2_log.jsonl", rec, bar)
+            checkpoint.save(path, caption=caption.state_dict(), selector=selector.state_dict(),
+                            opt=opt.state_dict(), step=step + 1)
+    caption.eval()
+    selector.eval()
+
+
+def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe | None = None,
+               questions=None, captions=None) -> dict:
+    """Train both modules for ``model`` and write them to ``output`` (``caption/``, ``selector/``)."""
+    from .data import ShapesSource
+
+    recipe = recipe or AccmRecipe()
+    work, output = Path(work), Path(output)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "accm_recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
+    t0 = time.time()
+    torch.manual_seed(recipe.seed)
+    lm = load_llava(model)
+    lm.model.requires_grad_(False)
+    caption = CaptionModel(caption_config(lm, recipe))
+    train_stage1(lm, caption, captions or ShapesSource(), recipe, work)
+    selector = Selector.from_caption_lm(caption.lm, recipe.selector_hidden, recipe.selector_layers,
+                                        recipe.selector_heads)
+    comp = Compensator(caption, selector, lm.processor.tokenizer)
+    train_stage2(lm, comp, questions or ShapesSource(), recipe, work)
+    comp.save(output)
+    summary = {"recipe": dataclasses.asdict(recipe), "seconds_this_run": round(time.time() - t0, 1),
+               "caption_params": sum(p.numel() for p in caption.parameters()),
+               "selector_params": sum(p.numel() for p in selector.parameters())}
+    (output / "training.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,148 @@
+"""ACCM's caption model: a ClipCap-style mapper feeding a GPT-2-class causal LM.
+
+The mapper linearly maps each *discarded* vision token (unprojected CLIP features, raster
+order) to the LM width, adds a learned embedding of the token's patch index (ClipCap has no
+positions; our captions name locations, and the kept/discarded split removes the raster
+layout), appends P learned prefix constants, runs a small pre-norm transformer and outputs the
+last P positions: the prefix. The LM (``transformers.GPT2LMHeadModel``) reads
+``[question embeddings ; prefix]`` and writes the caption. It uses the VLM's own tokenizer, so
+captions re-tokenize exactly when spliced into the prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CONFIG_FILE = "accm_caption.json"
+WEIGHTS_FILE = "caption.safetensors"
+
+
+@dataclasses.dataclass
+class CaptionConfig:
+    vision_dim: int
+    n_patches: int = 576
+    vocab_size: int = 32064
+    prefix_len: int = 10
+    hidden: int = 96
+    mapper_layers: int = 1
+    mapper_heads: int = 4
+    lm_layers: int = 2
+    lm_heads: int = 4
+    max_positions: int = 160
+    max_caption_tokens: int = 67
+    beams: int = 3
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    pad_token_id: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["stop_token_ids"] = list(self.stop_token_ids)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> CaptionConfig:
+        d = dict(d)
+        d["stop_token_ids"] = tuple(d.get("stop_token_ids", ()))
+        return cls(**d)
+
+
+def encoder_layers(width: int, heads: int, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0,
+                                       activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class Mapper(nn.Module):
+    def __init__(self, cfg: CaptionConfig):
+        super().__init__()
+        self.linear = nn.Linear(cfg.vision_dim, cfg.hidden)
+        self.patch_embed = nn.Embedding(cfg.n_patches, cfg.hidden)
+        self.prefix_const = nn.Parameter(torch.randn(cfg.prefix_len, cfg.hidden) * 0.02)
+        self.transformer = encoder_layers(cfg.hidden, cfg.mapper_heads, cfg.mapper_layers)
+        self.prefix_len = cfg.prefix_len
+
+    def forward(self, discarded: torch.Tensor, discarded_index: torch.Tensor) -> torch.Tensor:
+        x = self.linear(discarded) + self.patch_embed(discarded_index)
+        const = self.prefix_const.unsqueeze(0).expand(x.shape[0], -1, -1)
+        return self.transformer(torch.cat([x, const], dim=1))[:, -self.prefix_len:]
+
+
+class CaptionModel(nn.Module):
+    def __init__(self, cfg: CaptionConfig):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        self.cfg = cfg
+        self.mapper = Mapper(cfg)
+        lm_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_positions, n_embd=cfg.hidden,
+                            n_layer=cfg.lm_layers, n_head=cfg.lm_heads, bos_token_id=cfg.bos_token_id,
+                            eos_token_id=cfg.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        lm_cfg._attn_implementation = "sdpa"
+        self.lm = GPT2LMHeadModel(lm_cfg)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.cfg.to_json(), indent=1))
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        state.pop("lm.lm_head.weight", None)  # tied to the token embeddings
+        save_file(state, str(directory / WEIGHTS_FILE))
+
+    @classmethod
+    def load(cls, directory: Path) -> CaptionModel:
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        model = cls(CaptionConfig.from_json(json.loads((directory / CONFIG_FILE).read_text())))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=False)
+        model.lm.tie_weights()
+        return model.eval()
+
+    # ------------------------------------------------------------------ compute
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.transformer.wte(ids)
+
+    def prompt_embeds(self, question_ids: list[list[int]], prefix: torch.Tensor):
+        """Left-padded ``[question ; prefix]`` embeddings, attention mask and position ids."""
+        length = max(len(q) for q in question_ids)
+        bsz = len(question_ids)
+        ids = torch.full((bsz, length), self.cfg.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((bsz, length + prefix.shape[1]), dtype=torch.long)
+        for i, q in enumerate(question_ids):
+            ids[i, length - len(q):] = torch.tensor(q)
+            mask[i, length - len(q):] = 1
+        embeds = torch.cat([self.embed(ids), prefix.to(self.embed(ids).dtype)], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return embeds, mask, pos
+
+    def caption_loss(self, question_ids, prefix, caption_ids, weights: torch.Tensor | None = None):
+        """Cross-entropy of each caption (token-mean per sample, then ``weights``-weighted mean)."""
+        embeds, mask, _ = self.prompt_embeds(question_ids, prefix)
+        length = max(len(c) for c in caption_ids)
+        bsz = len(caption_ids)
+        cap = torch.full((bsz, length), self.cfg.pad_token_id, dtype=torch.long)
+        cmask = torch.zeros((bsz, length), dtype=torch.long)
+        for i, c in enumerate(caption_ids):
+            cap[i, : len(c)] = torch.tensor(c)
+            cmask[i, : len(c)] = 1
+        full = torch.cat([embeds, self.embed(cap)], 1)
+        fmask = torch.cat([mask, cmask], 1)
+        pos = (fmask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.lm(inputs_embeds=full, attention_mask=fmask, position_ids=pos).logits
+        start = embeds.shape[1]
+        pred = logits[:, start - 1:-1]
+        ce = nn.functional.cross_entropy(pred.transpose(1, 2), cap, reduction="none")
+        per = (ce * cmask).sum(1) / cmask.sum(1).clamp(min=1)
+        if weights is None:
+            return per.mean()
+        return (per * weights).mean()

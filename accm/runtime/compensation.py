@@ -1,0 +1,88 @@
+"""ACCM in the torch-free runtime: caption beams on ONNX Runtime, the selector, the chosen caption."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..compensation.beam import beam_search
+from ..compensation.text import pick, selector_batch
+from ..engines.ort import OrtStage
+from ..models.prompt import left_pad
+
+
+@dataclasses.dataclass
+class RuntimeCompensation:
+    captions: list[str]
+    candidates: list[list[str]]
+    probs: np.ndarray
+    selected: list[int]
+    caption_ms: float
+    selection_ms: float
+
+
+class BundleCompensator:
+    def __init__(self, root: Path, manifest: dict, tokenizer, provider: str = "cpu", threads: int | None = None):
+        info = manifest["accm"]
+        self.cfg = info
+        self.tokenizer = tokenizer
+        stage = lambda name: OrtStage(root / manifest["stages"][name]["file"], provider, threads)  # noqa: E731
+        self.prefix = stage("caption_prefix")
+        self.embed = stage("caption_embed")
+        self.decode = stage("caption_decode")
+        self.selector = stage("selector")
+
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        return self.embed.run({"input_ids": ids})["inputs_embeds"]
+
+    def candidates(self, discarded: np.ndarray, discarded_index: np.ndarray, questions: list[str]):
+        cfg = self.cfg
+        prefix = self.prefix.run({"discarded_features": discarded, "discarded_index": discarded_index})["prefix"]
+        rows = [self.tokenizer.encode(q).ids for q in questions]
+        ids, _, qmask = left_pad(rows, [list(range(len(r))) for r in rows], cfg["pad_token_id"])
+        bsz = len(questions)
+        embeds = np.concatenate([self._embed(ids), prefix], axis=1)
+        new_mask = np.concatenate([qmask, np.ones((bsz, prefix.shape[1]), np.int64)], axis=1)
+        pos = np.clip(new_mask.cumsum(-1) - 1, 0, None)
+        past = [np.zeros((bsz, cfg["heads"], 0, cfg["head_dim"]), np.float32) for _ in range(2 * cfg["layers"])]
+        out = self._run(embeds, new_mask, np.zeros((bsz, 0), np.int64), pos, past)
+        state = {"past": out[1:], "mask": new_mask, "pos": pos[:, -1]}
+
+        def step(tokens: np.ndarray, parents: np.ndarray) -> np.ndarray:
+            past_mask = state["mask"][parents]
+            position = state["pos"][parents] + 1
+            res = self._run(self._embed(tokens[:, None]), np.ones((len(tokens), 1), np.int64), past_mask,
+                            position[:, None], [p[parents] for p in state["past"]])
+            state.update(past=res[1:], mask=np.concatenate([past_mask, np.ones((len(tokens), 1), np.int64)], 1),
+                         pos=position)
+            return res[0]
+
+        stop = set(cfg["stop_token_ids"]) | {cfg["eos_token_id"]}
+        return beam_search(out[0], step, cfg["beams"], cfg["max_caption_tokens"], stop, cfg["pad_token_id"])
+
+    def _run(self, embeds, new_mask, past_mask, pos, past) -> list[np.ndarray]:
+        feeds = {"inputs_embeds": embeds, "new_mask": new_mask, "past_mask": past_mask, "position_ids": pos}
+        feeds.update({f"past.{i // 2}.{'key' if i % 2 == 0 else 'value'}": p for i, p in enumerate(past)})
+        res = self.decode.run(feeds)
+        n = self.cfg["layers"]
+        return [res["logits"]] + [res[f"present.{i}.{kind}"] for i in range(n) for kind in ("key", "value")]
+
+    def decode_text(self, tokens: list[int]) -> str:
+        toks = [t for t in tokens if t != self.cfg["eos_token_id"]]
+        return self.tokenizer.decode(toks, skip_special_tokens=True).strip()
+
+    def __call__(self, discarded, discarded_index, questions: list[str]) -> RuntimeCompensation:
+        t0 = time.perf_counter()
+        beams = self.candidates(discarded, discarded_index, questions)
+        texts = [[self.decode_text(b.tokens) for b in row] for row in beams]
+        t1 = time.perf_counter()
+        ids, mask = selector_batch(lambda t: self.tokenizer.encode(t).ids, questions, texts,
+                                   self.cfg["selector_max_tokens"], self.cfg["pad_token_id"])
+        probs = self.selector.run({"input_ids": ids, "attention_mask": mask})["probs"]
+        chosen = pick(probs)
+        t2 = time.perf_counter()
+        return RuntimeCompensation([t[c] for t, c in zip(texts, chosen)], texts, probs, chosen,
+                                   round((t1 - t0) * 1000, 3), round((t2 - t1) * 1000, 3))

@@ -1,0 +1,188 @@
+"""ACCM: beam search, caption model, selector, self-supervised selection, bundle parity."""
+
+import numpy as np
+import pytest
+import torch
+
+from accm.compensation.beam import beam_search, log_softmax
+from accm.compensation.compensator import Compensator
+from accm.compensation.train import AccmRecipe, caption_config, kl, train_accm
+from accm.data import shapes
+from accm.models.caption import CaptionModel
+from accm.models.selector import Selector
+from accm.pruning.reference import ReferencePipeline
+
+from .conftest import loaded_model, random_llava
+
+
+class ToyLM:
+    """A fixed-table 'model': next-token logits depend on (last token, length)."""
+
+    def __init__(self, vocab=7, seed=0):
+        self.table = np.random.default_rng(seed).normal(size=(vocab, 20, vocab))
+
+    def logits(self, seq):
+        return self.table[seq[-1] if seq else 0, len(seq)]
+
+
+def test_beam_search_with_one_beam_is_greedy_and_beams_are_sorted():
+    lm = ToyLM()
+    rows = {"seqs": [[]]}
+
+    def step(tokens, parents):
+        rows["seqs"] = [rows["seqs"][p] + [int(t)] for t, p in zip(tokens, parents)]
+        return np.stack([lm.logits(s) for s in rows["seqs"]])
+
+    first = np.stack([lm.logits([])])
+    out = beam_search(first, step, beams=1, max_tokens=6, stop_ids={6}, pad_id=0)
+    greedy = []
+    for _ in range(6):
+        tok = int(np.argmax(lm.logits(greedy)))
+        greedy.append(tok)
+        if tok == 6:
+            break
+    assert out[0][0].tokens == greedy
+
+    rows["seqs"] = [[]]
+    out = beam_search(first, step, beams=3, max_tokens=6, stop_ids={6}, pad_id=0)
+    scores = [b.score for b in out[0]]
+    assert scores == sorted(scores, reverse=True) and len(out[0]) == 3
+    # each returned beam's score is its mean log-probability under the model
+    for b in out[0]:
+        seq, total = [], 0.0
+        for t in b.tokens:
+            total += log_softmax(lm.logits(seq)[None])[0, t]
+            seq.append(t)
+        assert b.score == pytest.approx(total / len(b.tokens))
+
+
+def test_beam_search_ties_go_to_the_lower_token():
+    flat = np.zeros((1, 5))
+    out = beam_search(flat, lambda t, p: np.zeros((len(t), 5)), beams=2, max_tokens=1, stop_ids=set(), pad_id=0)
+    assert [b.tokens for b in out[0]] == [[0], [1]]
+
+
+@pytest.fixture(scope="module")
+def toy_compensator(tmp_path_factory):
+    model, proc = random_llava(seed=8)
+    lm = loaded_model(model, proc, tmp_path_factory.mktemp("m"))
+    recipe = AccmRecipe(max_caption_tokens=9)
+    torch.manual_seed(0)
+    cap = CaptionModel(caption_config(lm, recipe))
+    with torch.no_grad():
+        cap.lm.lm_head.weight.mul_(30)  # peaked distributions, so beams differ
+    comp = Compensator(cap, Selector.from_caption_lm(cap.lm), proc.tokenizer)
+    return lm, comp
+
+
+def test_cached_beam_search_equals_cache_free_recomputation(toy_compensator, scene_images):
+    lm, comp = toy_compensator
+    ref = ReferencePipeline(lm.model, lm.processor, vision_keep=18)
+    vis = ref.vision(ref.pixel_values(scene_images[:2]))
+    questions = ["what color is the star ?", "is there a red cross ?"]
+    beams = comp.candidates(vis.discarded, vis.discarded_index, questions)
+    cap = comp.caption
+    prefix = cap.mapper(vis.discarded, vis.discarded_index)
+    qids = comp.question_ids(questions)
+    for b in range(2):
+        for beam in beams[b]:  # replay each beam without a cache: its score must match
+            total, seq = 0.0, []
+            for t in beam.tokens:
+                embeds, mask, pos = cap.prompt_embeds([qids[b]], prefix[b:b + 1])
+                if seq:
+                    embeds = torch.cat([embeds, cap.embed(torch.tensor([seq]))], 1)
+                    mask = torch.cat([mask, torch.ones(1, len(seq), dtype=torch.long)], 1)
+                    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                with torch.no_grad():
+                    logits = cap.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).logits[0, -1]
+                total += float(torch.log_softmax(logits.double(), -1)[t])
+                seq.append(t)
+            assert beam.score == pytest.approx(total / len(beam.tokens), abs=1e-5)
+    assert len({tuple(b.tokens) for b in beams[0]}) == 3
+
+
+def test_caption_and_selector_round_trip(toy_compensator, tmp_path):
+    _, comp = toy_compensator
+    comp.save(tmp_path)
+    again = Compensator.load(tmp_path, comp.tokenizer)
+    for a, b in zip(comp.caption.state_dict().values(), again.caption.state_dict().values()):
+        assert torch.equal(a, b)
+    ids, mask = comp.selector_inputs(["q ?"], [["a", "b b", "c ."]])
+    with torch.no_grad():
+        assert torch.equal(comp.selector(torch.from_numpy(ids), torch.from_numpy(mask)),
+                           again.selector(torch.from_numpy(ids), torch.from_numpy(mask)))
+
+
+def test_selector_text_encoder_is_frozen(toy_compensator):
+    _, comp = toy_compensator
+    sel = comp.selector
+    before = {k: v.clone() for k, v in sel.encoder.state_dict().items()}
+    opt = torch.optim.SGD([p for p in sel.parameters() if p.requires_grad], lr=1.0)
+    ids, mask = comp.selector_inputs(["q ?", "r ?"], [["a", "b", "c"], ["d", "e", "f"]])
+    loss = torch.nn.functional.cross_entropy(sel(torch.from_numpy(ids), torch.from_numpy(mask)), torch.tensor([0, 2]))
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in sel.encoder.state_dict().items())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in sel.score.parameters())
+
+
+def test_kl_picks_the_candidate_closest_to_the_full_model():
+    q = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    close = q + torch.tensor([[0.1, 0.0, 0.0], [0.0, -0.1, 0.0]])
+    far = torch.zeros(2, 3)
+    assert kl(q, q) == pytest.approx(0.0, abs=1e-7)
+    assert kl(q, close) < kl(q, far)
+
+
+def test_training_runs_a_few_steps_and_stage1_loss_falls(tmp_path):
+    model, proc = random_llava(seed=9)
+    loaded_model(model, proc, tmp_path / "model")
+    recipe = AccmRecipe(stage1_steps=30, stage1_batch=4, stage1_lr=3e-3, stage2_steps=2, stage2_batch=2,
+                        log_every=10, max_caption_tokens=8, answer_tokens=2)
+    train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
+    import json
+
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "work" / "stage1_log.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0]
+    stage2 = [json.loads(line) for line in (tmp_path / "work" / "stage2_log.jsonl").read_text().splitlines()]
+    assert stage2[-1]["step"] == 2 and stage2[-1]["kl_best"] <= stage2[-1]["kl_mean"] + 1e-9
+    assert (tmp_path / "out" / "caption").is_dir() and (tmp_path / "out" / "selector").is_dir()
+    # resumable: a second call finds both stages done and only writes the output again
+    train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
+    assert len((tmp_path / "work" / "stage1_log.jsonl").read_text().splitlines()) == len(losses)
+
+
+@pytest.mark.slow
+def test_training_steps_on_the_7b_standin(standin2, tmp_path):
+    model, proc = standin2
+    loaded_model(model, proc, tmp_path / "model")
+    recipe = AccmRecipe(stage1_steps=2, stage1_batch=2, stage2_steps=1, stage2_batch=1, log_every=1,
+                        max_caption_tokens=4, answer_tokens=2, keeps=(18,))
+    summary = train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
+    cap = CaptionModel.load(tmp_path / "out" / "caption")
+    assert cap.cfg.vision_dim == 1024 and cap.cfg.vocab_size >= 32002
+    assert summary["caption_params"] > 0
+
+
+def test_bundle_with_accm_matches_reference(toy_compensator, tmp_path):
+    from accm.export.exporter import ExportConfig, export_bundle
+    from accm.runtime.pipeline import Pipeline
+
+    lm, comp = toy_compensator
+    comp.save(tmp_path / "accm")
+    export_bundle(None, tmp_path / "b", ExportConfig(vision_keep=18, accm=True, accm_dir=str(tmp_path / "accm")),
+                  progress=False, loaded=lm)
+    ref = ReferencePipeline(lm.model, lm.processor, vision_keep=18, compensator=comp)
+    pipe = Pipeline(tmp_path / "b")
+    samples = shapes.benchmark("test", 50, seed=5)
+    for s in range(0, 50, 10):
+        chunk = samples[s:s + 10]
+        images = [shapes.render_scene(x.split, x.scene_index).pil() for x in chunk]
+        questions = [x.question for x in chunk]
+        tokens, _, prep = ref.generate_ids(images, questions, 3)
+        answers = pipe.generate(images, questions, 3)
+        for b, ans in enumerate(answers):
+            assert ans.candidates == prep.compensation.candidates[b]
+            assert ans.caption == prep.compensation.captions[b]
+            assert ans.token_ids == tokens[b].tolist()[: len(ans.token_ids)]
+        assert {"caption", "selection"} <= set(answers[0].timings_ms)
