@@ -37,7 +37,8 @@ def keep_count(value: str) -> int | None:
 def add_model_options(p: argparse.ArgumentParser, default_keep: int | None = DEFAULT_VISION_KEEP) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint directory, accm-tiny (default), llava-1.5-7b, llava-1.5-13b or a cached repo id")
-    p.add_argument("--precision", default="fp32", help="fp32 (default)")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 (default), fp16, int8 (explicit Q/DQ for TensorRT) or int8-cpu (dynamic, fast on CPU)")
     p.add_argument("--vision-keep", type=keep_count, default=default_keep, metavar="K",
                    help=f"image tokens kept by vision-side pruning (default {default_keep}; 'all' keeps 576)")
     p.add_argument("--schedule", default="none", metavar="SPEC|FILE",
@@ -56,7 +57,8 @@ def bundle_options(args) -> dict:
         raise UserError(str(e)) from None
     return {"precision": args.precision, "vision_keep": args.vision_keep, "schedule": schedule.to_json(),
             "score_layer": args.score_layer, "target": getattr(args, "target", "ort"),
-            "accm": getattr(args, "accm", False), "accm_dir": getattr(args, "accm_dir", None)}
+            "accm": getattr(args, "accm", False), "accm_dir": getattr(args, "accm_dir", None),
+            "calib_dir": getattr(args, "calib_dir", None), "calib_samples": getattr(args, "calib_samples", 32)}
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:

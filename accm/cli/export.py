@@ -22,7 +22,8 @@ def _export(args) -> int:
         config = ExportConfig(precision=options["precision"], vision_keep=options["vision_keep"],
                               schedule=Schedule.from_json(options["schedule"]),
                               score_layer=options["score_layer"], target=options["target"],
-                              accm=options["accm"], accm_dir=options["accm_dir"])
+                              accm=options["accm"], accm_dir=options["accm_dir"],
+                              calib_dir=options["calib_dir"], calib_samples=options["calib_samples"])
         path = Path(args.output)
         export_bundle(args.model, path, config, overwrite=args.overwrite, progress=not args.quiet)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -39,6 +40,9 @@ def build_parser() -> Parser:
     p.add_argument("--output", default=None, help="bundle directory (default: the accm-run cache)")
     p.add_argument("--accm", action="store_true", help="add the ACCM caption model and selector (needs --vision-keep)")
     p.add_argument("--accm-dir", default=None, help="trained caption/ and selector/ (default: <model>/accm)")
+    p.add_argument("--calib-dir", default=None,
+                   help="int8 calibration: a directory of images and prompts.jsonl (default: built-in ShapesVQA)")
+    p.add_argument("--calib-samples", type=int, default=32, help="int8 calibration samples (default 32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)

@@ -28,6 +28,7 @@ def ensure_bundle(model: str | None, options: dict, progress: bool = True) -> Pa
     config = ExportConfig(precision=options["precision"], vision_keep=options["vision_keep"],
                           schedule=Schedule.from_json(options["schedule"]), score_layer=options["score_layer"],
                           target=options["target"], accm=options.get("accm", False),
-                          accm_dir=options.get("accm_dir"))
+                          accm_dir=options.get("accm_dir"), calib_dir=options.get("calib_dir"),
+                          calib_samples=options.get("calib_samples", 32))
     export_bundle(model, path, config, overwrite=True, progress=progress)
     return path

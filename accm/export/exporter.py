@@ -9,6 +9,7 @@ tokenizer and ``manifest.json``. Written to a temporary directory and renamed in
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from .graphs import (
 )
 from .onnx_io import export_module, share_weights
 
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
 TARGETS = ("ort",)
 
 
@@ -50,6 +51,8 @@ class ExportConfig:
     target: str = "ort"
     accm: bool = False  # add the ACCM caption model and selector
     accm_dir: str | None = None  # trained modules (default: <model>/accm)
+    calib_dir: str | None = None  # int8: the user's images + prompts.jsonl (default: built-in ShapesVQA)
+    calib_samples: int = 32
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -138,23 +141,24 @@ def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrit
         jobs += accm_jobs(comp, n_patches - n_image, batch, vcfg.hidden_size)
         accm_info = accm_manifest(comp)
     with manifest.staged_directory(Path(output), overwrite) as tmp:
+        scratch = tmp if config.precision == "fp32" else tmp / ".fp32"
+        scratch.mkdir(exist_ok=True)
         bar = tqdm(total=len(jobs) + 2, desc="export", unit="stage", disable=not progress)
         stages = {}
         for stage, module, args, ins, outs, dyn in jobs:
             bar.set_postfix_str(stage)
-            export_module(module, args, tmp / f"{stage}.onnx", ins, outs, dyn)
+            export_module(module, args, scratch / f"{stage}.onnx", ins, outs, dyn)
             stages[stage] = {"file": f"{stage}.onnx", "inputs": ins, "outputs": outs}
             bar.update()
         bar.set_postfix_str("share weights")
-        share_weights(tmp / "llm_prefill.onnx", tmp / "llm_decode.onnx")
-        processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        share_weights(scratch / "llm_prefill.onnx", scratch / "llm_decode.onnx")
+        processor.tokenizer.backend_tokenizer.save(str(scratch / "tokenizer.json"))
         bar.update()
-        bar.set_postfix_str("manifest")
         info = {
             "toolkit_version": __version__,
             "source_model": {"name": lm.source.name, "repo_id": lm.source.repo_id,
                              "digest": checkpoint_digest(lm.source.path)},
-            "precision": config.precision,
+            "precision": "fp32",
             "target": config.target,
             "pruning": {
                 "vision_keep": config.vision_keep if n_image < n_patches else None,
@@ -178,9 +182,14 @@ def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrit
         }
         if accm_info is not None:
             info["accm"] = accm_info
-        result = manifest.write_manifest(tmp, info)
-        bar.update()
+        manifest.write_manifest(scratch, info)
         bar.close()
+        if config.precision != "fp32":
+            info["precision"] = config.precision
+            info["precision_detail"] = convert_precision(scratch, tmp, stages, config, progress)
+            processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+            shutil.rmtree(scratch)
+        result = manifest.write_manifest(tmp, info)
     return result
 
 
@@ -228,3 +237,31 @@ def accm_manifest(comp) -> dict:
         "head_dim": cfg.hidden // cfg.lm_heads, "hidden": cfg.hidden,
         "selector_max_tokens": comp.selector.cfg.max_text_tokens,
     }
+
+
+def convert_precision(fp32_dir: Path, out_dir: Path, stages: dict, config: ExportConfig, progress: bool) -> dict:
+    """Convert every stage of the fp32 bundle in ``fp32_dir`` into ``out_dir``; per-stage detail."""
+    from ..calib import convert
+    from ..calib.data import builtin_samples, directory_samples
+    from ..calib.record import record_feeds
+
+    feeds: dict = {}
+    if config.precision == "int8":
+        samples = (directory_samples(config.calib_dir, config.calib_samples) if config.calib_dir
+                   else builtin_samples(config.calib_samples))
+        feeds = record_feeds(fp32_dir, samples, progress=progress)
+    detail = {}
+    for stage in tqdm(stages, desc=f"convert {config.precision}", unit="stage", disable=not progress):
+        src, dst = fp32_dir / f"{stage}.onnx", out_dir / f"{stage}.onnx"
+        if config.precision == "fp16":
+            detail[stage] = convert.to_fp16(src, dst)
+        elif config.precision == "int8":
+            detail[stage] = convert.to_int8_qdq(src, dst, feeds.get(stage, []))
+        else:
+            detail[stage] = convert.to_int8_dynamic(src, dst)
+    share_weights(out_dir / "llm_prefill.onnx", out_dir / "llm_decode.onnx")
+    if config.calib_dir:
+        detail["calibration"] = {"source": str(config.calib_dir), "samples": config.calib_samples}
+    elif config.precision == "int8":
+        detail["calibration"] = {"source": "ShapesVQA calib split", "samples": config.calib_samples}
+    return detail

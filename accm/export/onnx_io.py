@@ -25,7 +25,19 @@ def export_module(module: torch.nn.Module, args: tuple, path: Path, input_names:
         )
     program.save(str(path), external_data=True)
     del program
+    strip_debug_metadata(path)
     return path
+
+
+def strip_debug_metadata(path: Path) -> None:
+    """Drop the exporter's per-node debug metadata (stack traces, FX names): most of the graph
+    file's size, and nothing a runtime reads. Weights (external data) are not touched."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
 
 
 def _external_info(tensor) -> dict:

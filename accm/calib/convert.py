@@ -1,0 +1,138 @@
+"""Precision conversions of one stage graph, each returning what it changed (for the manifest).
+
+- fp16: onnxruntime's own float16 converter, I/O kept fp32, with ops that measurement showed
+  need fp32 left in fp32 (``FP16_BLOCK``).
+- int8 (TensorRT-shaped): explicit Q/DQ from onnxruntime's ``quantize_static``: symmetric
+  per-channel int8 weights and symmetric per-tensor int8 activations, calibrated on recorded
+  pipeline inputs, on weight MatMul/Gemm nodes only, so masks, softmax, norms and residual
+  adds stay in float (a float-min attention mask would otherwise get an infinite scale).
+- int8-cpu: onnxruntime's ``quantize_dynamic`` (int8 weights, activations quantized at run
+  time) for its fast CPU kernels; TensorRT's parser rejects these graphs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+#: ops kept in fp32 in fp16 graphs: the selection path (TopK over float scores: fp16 would
+#: merge near-equal scores into ties) and RMSNorm's variance (x² overflows fp16 for the
+#: large activations LLaMA models produce)
+FP16_BLOCK = ["TopK", "Pow", "ReduceMean", "Sqrt", "Reciprocal"]
+QDQ_OPS = ("MatMul", "Gemm")
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    data = path.name + ".data"
+    if (path.parent / data).exists():
+        (path.parent / data).unlink()
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+              size_threshold=1024)
+
+
+def _unique_node_names(model: onnx.ModelProto) -> None:
+    """onnxruntime's converter can emit one cast node name twice when a tensor feeds several
+    blocked nodes; node names must be unique for the graph to load."""
+    seen: Counter = Counter()
+    for node in model.graph.node:
+        if node.name:
+            seen[node.name] += 1
+            if seen[node.name] > 1:
+                node.name = f"{node.name}_{seen[node.name] - 1}"
+
+
+def to_fp16(src: Path, dst: Path) -> dict:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_BLOCK)
+    _unique_node_names(converted)
+    _save(converted, dst)
+    kept = sorted({n.op_type for n in converted.graph.node if n.op_type in FP16_BLOCK})
+    return {"method": "onnxruntime float16 converter", "io": "fp32", "ops_kept_fp32": kept}
+
+
+def weight_matmuls(model: onnx.ModelProto) -> list[str]:
+    """Names of MatMul/Gemm nodes with an initializer (weight) input."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in QDQ_OPS and any(i in inits for i in n.input)]
+
+
+class _Reader:
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+    def rewind(self):  # onnxruntime's reader protocol
+        pass
+
+
+def to_int8_qdq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(src), load_external_data=False)
+    nodes = weight_matmuls(model)
+    if not nodes or not feeds:
+        return _copy(src, dst, "fp32 (no weight MatMul to quantize)" if not nodes else "fp32 (no calibration data)")
+    with tempfile.TemporaryDirectory() as scratch:
+        quantize_static(
+            str(_without_value_info(src, Path(scratch))), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+            nodes_to_quantize=nodes, use_external_data_format=True, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    _repack(dst)
+    return {"method": "explicit Q/DQ (quantize_static)", "weights": "int8 symmetric per-channel",
+            "activations": "int8 symmetric per-tensor, MinMax on recorded pipeline inputs",
+            "calibration_batches": len(feeds), "quantized_nodes": nodes}
+
+
+def to_int8_dynamic(src: Path, dst: Path) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(src), load_external_data=False)
+    nodes = weight_matmuls(model)
+    if not nodes:
+        return _copy(src, dst, "fp32 (no weight MatMul to quantize)")
+    with tempfile.TemporaryDirectory() as scratch:
+        quantize_dynamic(str(_without_value_info(src, Path(scratch))), str(dst), weight_type=QuantType.QInt8,
+                         nodes_to_quantize=nodes, op_types_to_quantize=list(QDQ_OPS), use_external_data_format=True)
+    _repack(dst)
+    return {"method": "dynamic int8 (quantize_dynamic)", "weights": "int8 per-tensor",
+            "activations": "quantized at run time", "quantized_nodes": nodes}
+
+
+def _without_value_info(src: Path, scratch: Path) -> Path:
+    """A copy without the exporter's intermediate shape annotations: onnx's shape inference (run
+    by the quantizer) re-derives them and refuses the graph where the two disagree."""
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    out = scratch / f".{src.stem}.noinfo.onnx"
+    _save(model, out)
+    return out
+
+
+def _copy(src: Path, dst: Path, method: str) -> dict:
+    _save(onnx.load(str(src)), dst)
+    return {"method": method}
+
+
+def _repack(path: Path) -> None:
+    """Rewrite with one external data file named after the graph (the quantizer picks its own)."""
+    model = onnx.load(str(path))
+    stale = {e.value for init in model.graph.initializer for e in init.external_data if e.key == "location"}
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        staging = Path(tmp) / path.name
+        _save(model, staging)
+        for name in stale:
+            if (path.parent / name).exists():
+                (path.parent / name).unlink()
+        os.replace(staging, path)
+        os.replace(Path(tmp) / (path.name + ".data"), path.parent / (path.name + ".data"))

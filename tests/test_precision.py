@@ -1,0 +1,103 @@
+"""FP16 and INT8 bundles: they run, stay close to fp32, and say what they did."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from accm.calib.data import directory_samples
+from accm.errors import AccmUserError
+from accm.export.exporter import ExportConfig, export_bundle
+from accm.manifest import load_manifest
+from accm.pruning.schedule import Schedule
+from accm.runtime.pipeline import Pipeline
+
+from .conftest import PROMPTS, loaded_model, random_llava
+from .test_export_parity import _prefill_logits, questions
+
+
+@pytest.fixture(scope="module")
+def precision_bundles(tmp_path_factory):
+    model, proc = random_llava(seed=31)
+    root = tmp_path_factory.mktemp("prec")
+    loaded = loaded_model(model, proc, root / "model")
+    out = {}
+    for prec in ("fp32", "fp16", "int8", "int8-cpu"):
+        config = ExportConfig(precision=prec, vision_keep=64, schedule=Schedule.parse("fastv:2:32"), calib_samples=8)
+        export_bundle(None, root / prec, config, progress=False, loaded=loaded)
+        out[prec] = root / prec
+    return out
+
+
+def _snr_db(ref, test):
+    return 10 * np.log10((ref ** 2).sum() / max(((ref - test) ** 2).sum(), 1e-30))
+
+
+@pytest.mark.parametrize("prec,min_snr", [("fp16", 30.0), ("int8", 15.0), ("int8-cpu", 15.0)])
+def test_precision_logits_stay_close_to_fp32(precision_bundles, prec, min_snr):
+    images, prompts = questions(8)
+    ref = _prefill_logits(Pipeline(precision_bundles["fp32"]), images, prompts)
+    test = _prefill_logits(Pipeline(precision_bundles[prec]), images, prompts)
+    assert _snr_db(ref, test) >= min_snr
+    assert (ref.argmax(-1) == test.argmax(-1)).mean() >= 0.75
+    # the same image tokens survive (selection runs on fp32 scores in every precision)
+    a = Pipeline(precision_bundles["fp32"]).run_vision(images)["kept_index"]
+    b = Pipeline(precision_bundles[prec]).run_vision(images)["kept_index"]
+    assert (a == b).mean() >= 0.95
+
+
+def test_precision_manifests_record_choices(precision_bundles):
+    m = load_manifest(precision_bundles["int8"])
+    assert m["precision"] == "int8"
+    detail = m["precision_detail"]
+    assert detail["llm_prefill"]["quantized_nodes"] and detail["vision"]["quantized_nodes"]
+    assert detail["embed"]["method"].startswith("fp32")
+    graph = onnx.load(str(precision_bundles["int8"] / "llm_prefill.onnx"), load_external_data=False)
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "MatMulInteger" not in ops
+    # symmetric: every zero point is 0
+    zp = [i for i in graph.graph.initializer if i.name.endswith("zero_point")]
+    assert zp and all(not np.any(onnx.numpy_helper.to_array(z)) for z in zp)
+    cpu = onnx.load(str(precision_bundles["int8-cpu"] / "llm_decode.onnx"), load_external_data=False)
+    assert "MatMulInteger" in {n.op_type for n in cpu.graph.node}
+    f16 = load_manifest(precision_bundles["fp16"])["precision_detail"]["llm_prefill"]
+    assert "TopK" in f16["ops_kept_fp32"]
+    assert not list(precision_bundles["int8"].glob(".*"))  # no scratch files in the bundle
+
+
+def test_precision_bundles_answer_and_are_smaller(precision_bundles):
+    sizes = {p: sum(f["size"] for f in load_manifest(b)["files"].values()) for p, b in precision_bundles.items()}
+    assert sizes["fp16"] < sizes["fp32"] and sizes["int8"] < sizes["fp32"]
+    images, prompts = questions(2)
+    for prec in ("fp16", "int8", "int8-cpu"):
+        ans = Pipeline(precision_bundles[prec]).generate(images, prompts, 3)
+        assert all(a.token_ids for a in ans)
+
+
+def test_int8_qdq_graphs_build_with_tensorrt_rtx(precision_bundles):
+    pytest.importorskip("tensorrt_rtx")
+    from accm.engines.trt_rtx_check import check_bundle
+
+    for prec in ("int8", "fp16"):
+        bundle = precision_bundles[prec]
+        for r in check_bundle(bundle, load_manifest(bundle)):
+            assert r.parsed and r.built, (prec, r.stage, r.error)
+
+
+def test_calibration_directory_skips_bad_files_and_needs_enough(tmp_path, capsys):
+    for i in range(5):
+        Image.new("RGB", (40, 30), (i * 40, 0, 0)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    lines = [{"image": f"img{i}.png", "prompt": PROMPTS[i % 5]} for i in range(5)]
+    lines += [{"image": "broken.png", "prompt": "x"}, {"image": "img0.png", "prompt": ""}, {"prompt": "paired"}]
+    (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n{bad json\n")
+    samples = directory_samples(tmp_path, 100)
+    assert len(samples) == 6
+    err = capsys.readouterr().err
+    assert "skipped 3 unusable" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(AccmUserError, match="at least"):
+        directory_samples(tmp_path, 100, min_samples=7)
+    with pytest.raises(AccmUserError, match="prompts.jsonl"):
+        directory_samples(tmp_path / "img0.png", 10)
