@@ -9,8 +9,8 @@ import torch
 
 from accm.data import shapes
 from accm.export.exporter import ExportConfig, export_bundle
-from accm.export.graphs import complement_ascending, topk_ascending
 from accm.export.onnx_io import export_module
+from accm.export.token_topk import complement_ascending, topk_ascending
 from accm.pruning.reference import ReferencePipeline
 from accm.pruning.schedule import Schedule
 from accm.runtime.pipeline import Pipeline

@@ -26,6 +26,11 @@ def _export(args) -> int:
                               calib_dir=options["calib_dir"], calib_samples=options["calib_samples"])
         path = Path(args.output)
         export_bundle(args.model, path, config, overwrite=args.overwrite, progress=not args.quiet)
+    if args.build_engines:
+        from ..engines.trt import build_engines
+        from ..manifest import load_manifest
+
+        build_engines(path, load_manifest(path), progress=not args.quiet)
     manifest = json.loads((path / "manifest.json").read_text())
     size = sum(f["size"] for f in manifest["files"].values())
     print(json.dumps({"bundle": str(path), "model": manifest["source_model"]["name"],
@@ -40,6 +45,10 @@ def build_parser() -> Parser:
     p.add_argument("--output", default=None, help="bundle directory (default: the accm-run cache)")
     p.add_argument("--accm", action="store_true", help="add the ACCM caption model and selector (needs --vision-keep)")
     p.add_argument("--accm-dir", default=None, help="trained caption/ and selector/ (default: <model>/accm)")
+    p.add_argument("--target", choices=["ort", "trt"], default="ort",
+                   help="ort: standard ONNX ops; trt: AccmTokenTopK plugin nodes at both pruning sites")
+    p.add_argument("--build-engines", action="store_true",
+                   help="also build TensorRT engines into <bundle>/engines (needs TensorRT and a GPU)")
     p.add_argument("--calib-dir", default=None,
                    help="int8 calibration: a directory of images and prompts.jsonl (default: built-in ShapesVQA)")
     p.add_argument("--calib-samples", type=int, default=32, help="int8 calibration samples (default 32)")

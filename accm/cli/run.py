@@ -21,6 +21,7 @@ def _run(args) -> int:
 
         if not gpu_available():
             raise UserError("--provider tensorrt needs TensorRT and an NVIDIA GPU; none was found on this machine")
+        # engines are built on first use into <bundle>/engines/ (see accm.engines.trt)
     if args.bundle is None:
         from ..export.default import ensure_bundle
 

@@ -44,3 +44,12 @@ class OrtStage:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(None, {k: feeds[k] for k in self.input_names})
         return dict(zip(self.output_names, outs))
+
+
+def open_bundle_stages(root: Path, manifest: dict, provider: str = "cpu", threads: int | None = None) -> dict:
+    """A runner per bundle stage: ONNX Runtime sessions, or TensorRT engines for ``tensorrt``."""
+    if provider == "tensorrt":
+        from .trt import open_stages
+
+        return open_stages(Path(root), manifest)
+    return {name: OrtStage(Path(root) / info["file"], provider, threads) for name, info in manifest["stages"].items()}

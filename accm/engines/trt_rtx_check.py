@@ -25,6 +25,11 @@ class StageCheck:
     error: str = ""
 
 
+def _describe(error) -> str:
+    op = getattr(error, "node_operator", lambda: "")()
+    return f"{error.desc()} [node op {op}]" if op else error.desc()
+
+
 def available() -> bool:
     try:
         import tensorrt_rtx  # noqa: F401
@@ -43,7 +48,7 @@ def check_stage(onnx_path: Path, profile: dict, build: bool = True) -> StageChec
     parser = trt.OnnxParser(network, logger)
     stage = onnx_path.stem
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(parser.get_error(i).desc() for i in range(min(parser.num_errors, 3)))
+        errors = "; ".join(_describe(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
         return StageCheck(stage, False, False, time.perf_counter() - t0, error=errors)
     if not build:
         return StageCheck(stage, True, False, time.perf_counter() - t0)

@@ -35,7 +35,7 @@ from .graphs import (
 from .onnx_io import export_module, share_weights
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
-TARGETS = ("ort",)
+TARGETS = ("ort", "trt")
 
 
 class ExportError(AccmUserError, ValueError):
@@ -96,8 +96,8 @@ def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrit
             resolve_layer(layer_count, config.score_layer)
     except ValueError as e:
         raise ExportError(str(e)) from None
-    vision = VisionStage(model, config.vision_keep, config.score_layer)
-    prefill = PrefillStage(model, n_image, config.schedule)
+    vision = VisionStage(model, config.vision_keep, config.score_layer, config.target)
+    prefill = PrefillStage(model, n_image, config.schedule, config.target)
     decode = DecodeStage(model, counts)
     embed = EmbedStage(model)
     spec = ImageSpec.from_hf(processor.image_processor)

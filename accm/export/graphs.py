@@ -4,7 +4,8 @@ The pruning math is the reference's (``accm.pruning``) rewritten with export-fri
 selection is ONNX ``TopK``, whose specification breaks ties towards the lower index, exactly
 ``select_tokens``' rule (``torch.topk`` itself leaves ties unspecified, which is why the
 PyTorch reference never uses it; tests compare ONNX Runtime's output with ``select_tokens``).
-Head means are float32 here (TensorRT has no float64).
+Head means are float32 here (TensorRT has no float64). With ``target="trt"`` both pruning
+sites become one ``AccmTokenTopK`` plugin node (``token_topk``).
 """
 
 from __future__ import annotations
@@ -15,31 +16,15 @@ from torch import nn
 from ..pruning.llm import for_attention, last_query_attention
 from ..pruning.schedule import Schedule
 from ..pruning.vision import encoder_layers, patch_scores, resolve_layer
-
-
-def topk_ascending(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k highest scores per row, ascending (ONNX TopK tie rule)."""
-    top = torch.topk(scores, k, dim=-1, largest=True, sorted=True).indices
-    return torch.sort(top, dim=-1).values
-
-
-def complement_ascending(kept: torch.Tensor, n: int) -> torch.Tensor:
-    """Ascending indices of ``[0, n)`` missing from each row of ``kept``."""
-    idx = torch.arange(n, device=kept.device).expand(kept.shape[0], n)
-    taken = torch.zeros_like(idx).scatter(1, kept, torch.ones_like(kept))
-    keyed = torch.where(taken > 0, idx + n, idx)
-    return torch.topk(keyed, n - kept.shape[1], dim=-1, largest=False, sorted=True).indices
-
-
-def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+from .token_topk import gather_tokens, token_topk
 
 
 class VisionStage(nn.Module):
     """pixel_values → kept projected embeddings (+ indices, discarded features)."""
 
-    def __init__(self, model, keep: int | None, score_layer: int | None = None):
+    def __init__(self, model, keep: int | None, score_layer: int | None = None, target: str = "ort"):
         super().__init__()
+        self.target = target
         inner = model.model
         self.tower = inner.vision_tower
         self.projector = inner.multi_modal_projector
@@ -58,9 +43,8 @@ class VisionStage(nn.Module):
             return self.projector(feats), idx
         layer = encoder_layers(self.tower)[self.score_layer]
         scores = patch_scores(layer, out.hidden_states[self.score_layer], exact=False)
-        kept = topk_ascending(scores, self.keep)
-        dropped = complement_ascending(kept, self.n)
-        return self.projector(gather_tokens(feats, kept)), kept, gather_tokens(feats, dropped), dropped
+        kept, kept_index, dropped, dropped_index = token_topk(scores, feats, self.keep, True, self.target)
+        return self.projector(kept), kept_index, dropped, dropped_index
 
     def output_names(self) -> list[str]:
         if self.keep is None:
@@ -114,8 +98,9 @@ def layer_groups(counts: list[int]) -> list[int]:
 class PrefillStage(nn.Module):
     """Prefill with the LLM-side schedule inside the graph (standard ONNX ops only)."""
 
-    def __init__(self, model, n_image: int, schedule: Schedule):
+    def __init__(self, model, n_image: int, schedule: Schedule, target: str = "ort"):
         super().__init__()
+        self.target = target
         self.decoder = model.model.language_model
         self.lm_head = model.lm_head
         self.image_token_id = int(model.config.image_token_index)
@@ -143,7 +128,7 @@ class PrefillStage(nn.Module):
                 probs = last_query_attention(self.decoder.layers[li - 1], prev[0], prev[1], valid, query)
                 cols = start[:, None] + torch.arange(n_cur, device=input_ids.device)[None]
                 scores = torch.gather(probs, 2, cols[:, None, :].expand(-1, probs.shape[1], -1)).mean(dim=1)
-                sel = topk_ascending(scores, k)
+                _, sel = token_topk(scores, gather_tokens(hidden, cols), k, False, self.target)
                 new_len = hidden.shape[1] - n_cur + k
                 j = torch.arange(new_len, device=input_ids.device)[None]
                 rel = j - start[:, None]

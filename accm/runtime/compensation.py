@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ..compensation.beam import beam_search
 from ..compensation.text import pick, selector_batch
-from ..engines.ort import OrtStage
 from ..models.prompt import left_pad
 
 
@@ -25,15 +23,13 @@ class RuntimeCompensation:
 
 
 class BundleCompensator:
-    def __init__(self, root: Path, manifest: dict, tokenizer, provider: str = "cpu", threads: int | None = None):
-        info = manifest["accm"]
-        self.cfg = info
+    def __init__(self, manifest: dict, stages: dict, tokenizer):
+        self.cfg = manifest["accm"]
         self.tokenizer = tokenizer
-        stage = lambda name: OrtStage(root / manifest["stages"][name]["file"], provider, threads)  # noqa: E731
-        self.prefix = stage("caption_prefix")
-        self.embed = stage("caption_embed")
-        self.decode = stage("caption_decode")
-        self.selector = stage("selector")
+        self.prefix = stages["caption_prefix"]
+        self.embed = stages["caption_embed"]
+        self.decode = stages["caption_decode"]
+        self.selector = stages["selector"]
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         return self.embed.run({"input_ids": ids})["inputs_embeds"]

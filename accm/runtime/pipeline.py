@@ -16,7 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..data.preprocess import ImageSpec, preprocess
-from ..engines.ort import OrtStage
+from ..engines.ort import open_bundle_stages
 from ..errors import InputError
 from ..manifest import load_manifest
 from ..models.prompt import build_prompt_ids, left_pad, split_at_image
@@ -53,16 +53,16 @@ class Pipeline:
         self.prune_points = sorted(int(k) for k in m["pruning"]["prune_points"])
         self.tokenizer = Tokenizer.from_file(str(self.root / m["tokenizer"]))
         self.provider = provider
-        stage = lambda name: OrtStage(self.root / m["stages"][name]["file"], provider, threads)  # noqa: E731
-        self.vision = stage("vision")
-        self.embed = stage("embed")
-        self.prefill = stage("llm_prefill")
-        self.decode = stage("llm_decode")
+        stages = open_bundle_stages(self.root, m, provider, threads)
+        self.vision = stages["vision"]
+        self.embed = stages["embed"]
+        self.prefill = stages["llm_prefill"]
+        self.decode = stages["llm_decode"]
         self.compensator = None
         if "accm" in m:
             from .compensation import BundleCompensator
 
-            self.compensator = BundleCompensator(self.root, m, self.tokenizer, provider, threads)
+            self.compensator = BundleCompensator(m, stages, self.tokenizer)
 
     # prompt ----------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str, caption: str | None = None) -> tuple[list[int], list[int]]:
