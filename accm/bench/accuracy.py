@@ -9,7 +9,6 @@ that land on objects (vision side, and the LLM side's last kept set).
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,13 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data import shapes
+from ..data.answers import normalise
 from ..pruning.schedule import Schedule
-
-
-def normalise(text: str) -> str:
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return words[0] if words else ""
-
 
 CAPTION_MODES = ("selected", "random", "oracle", "none")
 

@@ -1,0 +1,213 @@
+"""G-Search and P-Sigmoid (arXiv 2412.00556), reconstructed: per-layer image-token schedules.
+
+No public code exists; this follows the abstract and ``research/papers.md`` §2.4–2.5:
+
+- **G-Search**: layer 0 keeps every token; for each layer from shallow to deep, the smallest
+  count (bisection on integers, never above the previous layer's) such that the validation
+  score stays within ``tolerance`` of the full-token model when that layer *and every deeper
+  one* keep that count. Under the paper's assumption (the essential set never grows with depth)
+  a greedy choice never has to be revisited.
+- **P-Sigmoid**: kept ratio ``r(l) = r_min + (1 - r_min) / (1 + exp(s (l - l0)))`` for layers
+  ``l >= 1``, clipped to [0, 1] (layer 0 always keeps all). A budget fixes the midpoint ``l0``
+  given ``(s, r_min)`` (bisection: kept tokens grow with l0, and a far-left l0 reaches the floor
+  r_min in every layer after 0), so Bayesian optimisation searches ``(s, r_min)`` with r_min
+  limited to what the budget allows. Budgets: mean kept tokens over layers, or a prefill
+  FLOPs ratio.
+
+Everything here is model-free: ``evaluate(counts) -> score`` is supplied by the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .schedule import Schedule
+
+
+@dataclasses.dataclass
+class SearchLog:
+    evaluations: int = 0
+    seconds: float = 0.0
+    trace: list[dict] = dataclasses.field(default_factory=list)
+
+
+class CachedEvaluator:
+    """Wraps ``evaluate(counts)``; every distinct schedule is evaluated once."""
+
+    def __init__(self, evaluate: Callable[[tuple[int, ...]], float]):
+        self.evaluate = evaluate
+        self.cache: dict[tuple[int, ...], float] = {}
+        self.log = SearchLog()
+
+    def __call__(self, counts) -> float:
+        key = tuple(int(c) for c in counts)
+        if key not in self.cache:
+            t0 = time.perf_counter()
+            self.cache[key] = float(self.evaluate(key))
+            self.log.evaluations += 1
+            self.log.seconds += time.perf_counter() - t0
+            self.log.trace.append({"counts": list(key), "score": self.cache[key]})
+        return self.cache[key]
+
+
+def g_search(evaluate: CachedEvaluator, num_layers: int, n_image: int, tolerance: float = 0.0,
+             progress: Callable[[int, list[int]], None] | None = None) -> list[int]:
+    """The per-layer counts found shallow to deep (non-increasing, layer 0 = ``n_image``)."""
+    full = [n_image] * num_layers
+    target = evaluate(full) - tolerance
+    counts = list(full)
+    for layer in range(1, num_layers):
+        lo, hi = 0, counts[layer - 1]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if evaluate(counts[:layer] + [mid] * (num_layers - layer)) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        counts[layer:] = [hi] * (num_layers - layer)
+        if progress is not None:
+            progress(layer, counts)
+    return counts
+
+
+def sigmoid_ratios(s: float, l0: float, r_min: float, num_layers: int) -> np.ndarray:
+    """``r(l)`` for every layer; layer 0 is 1 (it cannot be pruned), ratios clipped to [0, 1]."""
+    layers = np.arange(num_layers, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        r = r_min + (1.0 - r_min) / (1.0 + np.exp(s * (layers - l0)))
+    r = np.clip(r, 0.0, 1.0)
+    r[0] = 1.0
+    return np.minimum.accumulate(r)  # non-increasing, also for s < 0
+
+
+def to_counts(ratios: np.ndarray, n_image: int) -> list[int]:
+    return [int(c) for c in np.minimum.accumulate(np.floor(ratios * n_image + 1e-9).astype(int))]
+
+
+L0_RANGE = 64.0  # midpoints searched in [-L0_RANGE * layers, L0_RANGE * layers]
+
+
+def _bisect_l0(curve: Callable[[float], np.ndarray], n_image: int, too_big: Callable[[list[int]], bool]):
+    """The largest midpoint whose counts are not ``too_big`` (counts grow with l0)."""
+    layers = len(curve(0.0))
+    lo, hi = -L0_RANGE * layers, L0_RANGE * layers
+    if too_big(to_counts(curve(lo), n_image)):
+        return None
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if too_big(to_counts(curve(mid), n_image)):
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+def fit_mean_tokens(curve: Callable[[float], np.ndarray], n_image: int, mean_tokens: float) -> list[int]:
+    """Counts of ``curve(l0)`` whose mean over layers is ``mean_tokens`` exactly (the nearest
+    integer total): bisection on l0, then the rounding remainder spread over the shallowest
+    pruned layers (the counts stay non-increasing). ``ValueError`` when the floor is too high."""
+    num_layers = len(curve(0.0))
+    total = round(mean_tokens * num_layers)
+    if not n_image <= total <= n_image * num_layers:
+        raise ValueError(f"a mean of {mean_tokens} tokens over {num_layers} layers is impossible with "
+                         f"{n_image} image tokens (layer 0 keeps all)")
+    l0 = _bisect_l0(curve, n_image, lambda c: sum(c) > total)
+    if l0 is None:
+        raise ValueError("this curve's floor keeps more tokens than the budget allows")
+    counts = to_counts(curve(l0), n_image)
+    deficit = total - sum(counts)
+    for layer in range(1, num_layers):  # shallowest first
+        add = min(counts[layer - 1] - counts[layer], deficit)
+        counts[layer] += add
+        deficit -= add
+    if deficit:
+        raise ValueError("cannot meet the token budget with a non-increasing schedule")
+    return counts
+
+
+def fit_flops(curve: Callable[[float], np.ndarray], n_image: int, flops_ratio: Callable[[list[int]], float],
+              target: float) -> list[int]:
+    """The counts of the largest midpoint whose prefill FLOPs ratio stays at or under ``target``."""
+    l0 = _bisect_l0(curve, n_image, lambda c: flops_ratio(c) > target)
+    if l0 is None:
+        raise ValueError(f"a FLOPs ratio of {target:.4f} is below what this curve's floor can reach")
+    return to_counts(curve(l0), n_image)
+
+
+def feasible_floor(fit: Callable[[Callable[[float], np.ndarray]], list[int]], num_layers: int) -> float:
+    """The largest r_min in [0, 1] for which ``fit`` can meet its budget (with a steep curve)."""
+
+    def ok(r_min: float) -> bool:
+        try:
+            fit(lambda l0: sigmoid_ratios(6.0, l0, r_min, num_layers))
+            return True
+        except ValueError:
+            return False
+
+    if not ok(0.0):
+        raise ValueError("the budget cannot be met even with a zero floor")
+    lo, hi = 0.0, 1.0
+    if ok(hi):
+        return hi
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+@dataclasses.dataclass
+class PSigmoidResult:
+    counts: list[int]
+    params: dict
+    score: float
+    trials: list[dict]
+
+
+def p_sigmoid_search(evaluate: CachedEvaluator, num_layers: int, n_image: int,
+                     fit: Callable[[Callable[[float], np.ndarray]], list[int]], trials: int = 30, seed: int = 0,
+                     progress: Callable[[int], None] | None = None) -> PSigmoidResult:
+    """Bayesian optimisation (optuna's Gaussian-process sampler) over slope s and floor r_min;
+    the midpoint l0 is solved so every trial meets the budget."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    r_max = feasible_floor(fit, num_layers)
+    sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(8, trials))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+
+    def objective(trial) -> float:
+        s = trial.suggest_float("s", 0.05, 6.0, log=True)
+        r_min = trial.suggest_float("r_min", 0.0, r_max)
+        counts = fit(lambda l0: sigmoid_ratios(s, l0, r_min, num_layers))
+        trial.set_user_attr("counts", counts)
+        score = evaluate(counts)
+        if progress is not None:
+            progress(trial.number)
+        return score
+
+    study.optimize(objective, n_trials=trials)
+    best = study.best_trial
+    records = [{"number": t.number, "params": t.params, "score": t.value, "counts": t.user_attrs["counts"]}
+               for t in study.trials]
+    return PSigmoidResult(best.user_attrs["counts"], best.params, float(best.value), records)
+
+
+def schedule_for(counts: list[int], meta: dict) -> Schedule:
+    return Schedule.per_layer(counts, meta=meta)
+
+
+def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b of two score vectors (ties handled), O(n²) in numpy."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    dx = np.sign(x[:, None] - x[None, :])
+    dy = np.sign(y[:, None] - y[None, :])
+    iu = np.triu_indices(len(x), 1)
+    dx, dy = dx[iu], dy[iu]
+    concord = float((dx * dy).sum())
+    denom = math.sqrt(float((dx != 0).sum()) * float((dy != 0).sum()))
+    return concord / denom if denom else float("nan")

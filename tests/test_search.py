@@ -1,0 +1,120 @@
+"""G-Search, P-Sigmoid and the rank analysis: known optima, exact budgets, round trips."""
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from accm.pruning import search
+from accm.pruning.flops import LLAVA_15_7B, schedule_flops_ratio
+from accm.pruning.schedule import Schedule
+
+
+def _monotone_oracle(need):
+    """Perfect when every layer keeps at least what it needs; degrades with the shortfall."""
+
+    def evaluate(counts):
+        shortfall = sum(max(0, n - c) for n, c in zip(need, counts))
+        return 1.0 - shortfall / (576 * len(need))
+
+    return evaluate
+
+
+@pytest.mark.parametrize("need", [[576, 576, 200, 120, 120, 40], [576, 300, 300, 64, 10, 0], [576] * 6])
+def test_gsearch_finds_the_known_optimal_schedule(need):
+    evaluate = search.CachedEvaluator(_monotone_oracle(need))
+    counts = search.g_search(evaluate, 6, 576, tolerance=0.0)
+    assert counts == need
+    assert evaluate.log.evaluations <= 1 + 5 * 11  # bisection: ~log2(576) per layer
+    again = search.g_search(evaluate, 6, 576)
+    assert again == need and evaluate.log.evaluations == len(evaluate.cache)  # every schedule evaluated once
+
+
+def test_gsearch_tolerance_trades_score_for_tokens():
+    need = [576, 576, 300, 300, 300, 300]
+    evaluate = search.CachedEvaluator(_monotone_oracle(need))
+    strict = search.g_search(evaluate, 6, 576, 0.0)
+    loose = search.g_search(evaluate, 6, 576, 0.05)
+    assert sum(loose) < sum(strict)
+    assert evaluate(loose) >= evaluate([576] * 6) - 0.05
+
+
+def test_sigmoid_ratios_shape():
+    r = search.sigmoid_ratios(1.5, 3.0, 0.1, 8)
+    assert r[0] == 1.0 and np.all(np.diff(r) <= 0) and r[-1] >= 0.1
+
+
+@pytest.mark.parametrize("mean_tokens", [100.0, 72.125, 200.5, 576.0])
+def test_budget_solver_hits_mean_tokens_exactly(mean_tokens):
+    layers = 8
+    for s, r_min in [(0.5, 0.0), (3.0, 0.0), (1.0, 0.0), (2.0, (mean_tokens * layers - 576) / (7 * 576) / 2)]:
+        curve = functools.partial(search.sigmoid_ratios, s, r_min=r_min, num_layers=layers)
+        counts = search.fit_mean_tokens(lambda l0, c=curve: c(l0=l0), 576, mean_tokens)
+        assert sum(counts) == round(mean_tokens * layers)
+        assert counts[0] == 576 and all(b <= a for a, b in zip(counts, counts[1:]))
+    if mean_tokens < 576:  # a floor above the budget cannot be met
+        with pytest.raises(ValueError, match="floor"):
+            search.fit_mean_tokens(lambda l0: search.sigmoid_ratios(1.0, l0, 0.99, layers), 576, mean_tokens)
+
+
+def test_budget_solver_meets_a_flops_ratio():
+    dims = LLAVA_15_7B
+    target = schedule_flops_ratio(dims, Schedule.fastv(2, 64), 64)
+    ratio = lambda c: schedule_flops_ratio(dims, Schedule.per_layer(c), 64)  # noqa: E731
+    counts = search.fit_flops(lambda l0: search.sigmoid_ratios(0.8, l0, 0.02, 32), 576, ratio, target)
+    assert ratio(counts) <= target
+    assert ratio(counts) > target - 0.01  # tight: within a fraction of a layer's tokens
+
+
+def test_p_sigmoid_bayesian_optimisation_is_seeded_and_respects_the_budget():
+    need = [576, 576, 576, 100, 50, 20]
+    evaluate = search.CachedEvaluator(_monotone_oracle(need))
+    fit = lambda ratios_for: search.fit_mean_tokens(ratios_for, 576, 250.0)  # noqa: E731
+    a = search.p_sigmoid_search(evaluate, 6, 576, fit, trials=12, seed=3)
+    b = search.p_sigmoid_search(search.CachedEvaluator(_monotone_oracle(need)), 6, 576, fit, trials=12, seed=3)
+    assert a.counts == b.counts and a.params == b.params
+    assert sum(a.counts) == 250 * 6 and len(a.trials) == 12
+    assert a.score == max(t["score"] for t in a.trials)
+
+
+def test_kendall_tau_matches_scipy():
+    from scipy.stats import kendalltau
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 20, 300).astype(float)
+    y = x + rng.normal(0, 5, 300)
+    assert search.kendall_tau(x, y) == pytest.approx(kendalltau(x, y).statistic, abs=1e-12)
+
+
+def test_schedule_file_round_trip(tmp_path):
+    meta = {"method": "gsearch", "model_digest": "ab" * 32, "metric": "accuracy", "score": 0.97,
+            "budget": {"mean_tokens": 120}}
+    s = search.schedule_for([576, 576, 200, 100], meta)
+    s.save(tmp_path / "s.json")
+    loaded = Schedule.parse(str(tmp_path / "s.json"))
+    assert loaded.counts == (576, 576, 200, 100) and loaded.meta == meta
+    assert json.loads((tmp_path / "s.json").read_text())["format"] == "accm-schedule"
+
+
+def test_search_cli_on_a_tiny_model(tmp_path, capsys):
+    from accm.cli import search as cli
+
+    from .conftest import loaded_model, random_llava
+
+    model, proc = random_llava(seed=51)
+    loaded_model(model, proc, tmp_path / "m")
+    out = tmp_path / "sched.json"
+    assert cli.main(["psigmoid", "--model", str(tmp_path / "m"), "--n", "8", "--budget-tokens", "300",
+                     "--trials", "3", "--output", str(out), "--quiet"]) == 0
+    sched = Schedule.load(out)
+    assert sum(sched.counts) == 300 * 4 and sched.meta["metric"] == "accuracy"
+    assert cli.main(["gsearch", "--model", str(tmp_path / "m"), "--n", "8", "--quiet",
+                     "--output", str(tmp_path / "g.json")]) == 0
+    assert Schedule.load(tmp_path / "g.json").meta["evaluations"] >= 1
+    assert cli.main(["ranks", "--model", str(tmp_path / "m"), "--n", "4", "--quiet",
+                     "--output", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]) == 0
+    ranks = json.loads((tmp_path / "r.json").read_text())
+    assert len(ranks["kendall_tau"]) == 4 and (tmp_path / "r.png").stat().st_size > 0
+    capsys.readouterr()
+    assert cli.main(["psigmoid", "--model", str(tmp_path / "m"), "--n", "8", "--quiet"]) == 2
