@@ -93,7 +93,8 @@ class Pipeline:
 
     # generation ------------------------------------------------------------------------------
     def generate(self, images, prompts: list[str], max_new_tokens: int = 32, captions=None,
-                 on_token: Callable[[int, int], None] | None = None) -> list[Answer]:
+                 on_token: Callable[[int, int], None] | None = None, ignore_eos: bool = False) -> list[Answer]:
+        """Answer each (image, prompt). ``ignore_eos`` (benchmarks) always decodes ``max_new_tokens``."""
         if len(images) != len(prompts):
             raise InputError("one prompt per image")
         if max_new_tokens < 1:
@@ -156,7 +157,8 @@ class Pipeline:
                         on_token(b, int(token[b]))
             if step == 0:
                 timings["ttft"] = _ms(t_start)
-            done |= token == eos
+            if not ignore_eos:
+                done |= token == eos
             if done.all() or step + 1 == max_new_tokens:
                 break
             t0 = time.perf_counter()
