@@ -35,9 +35,24 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
               size_threshold=1024)
 
 
-def _unique_node_names(model: onnx.ModelProto) -> None:
-    """onnxruntime's converter can emit one cast node name twice when a tensor feeds several
-    blocked nodes; node names must be unique for the graph to load."""
+def _dedupe_casts(model: onnx.ModelProto) -> None:
+    """onnxruntime's converter emits the same Cast (same node name, same output) once per
+    consumer when a tensor feeds several blocked nodes; keep one of each identical pair and make
+    any remaining node names unique, so the graph loads."""
+    producers: dict[str, onnx.NodeProto] = {}
+    keep = []
+    for node in model.graph.node:
+        first = producers.get(node.output[0]) if node.output else None
+        if first is not None:
+            if node.op_type == first.op_type == "Cast" and list(node.input) == list(first.input) \
+                    and node.attribute == first.attribute:
+                continue
+            raise ValueError(f"float16 conversion produced two different writers of {node.output[0]}")
+        for out in node.output:
+            producers[out] = node
+        keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
     seen: Counter = Counter()
     for node in model.graph.node:
         if node.name:
@@ -51,7 +66,7 @@ def to_fp16(src: Path, dst: Path) -> dict:
 
     model = onnx.load(str(src))
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_BLOCK)
-    _unique_node_names(converted)
+    _dedupe_casts(converted)
     _save(converted, dst)
     kept = sorted({n.op_type for n in converted.graph.node if n.op_type in FP16_BLOCK})
     return {"method": "onnxruntime float16 converter", "io": "fp32", "ops_kept_fp32": kept}

@@ -23,6 +23,9 @@ def builtin_samples(n: int) -> list[tuple]:
     return [(shapes.render_scene(s.split, s.scene_index).pil(), s.question) for s in shapes.benchmark("calib", n)]
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+
+
 def directory_samples(directory: str | Path, n: int, min_samples: int = MIN_SAMPLES) -> list[tuple]:
     root = Path(directory)
     prompts_file = root / "prompts.jsonl"
@@ -30,33 +33,45 @@ def directory_samples(directory: str | Path, n: int, min_samples: int = MIN_SAMP
         raise AccmUserError(f"calibration directory not found: {root}")
     if not prompts_file.is_file():
         raise AccmUserError(f"calibration directory {root} has no prompts.jsonl")
-    images = sorted(p for p in root.iterdir() if p.is_file() and p.name != "prompts.jsonl")
-    samples, skipped, reasons = [], 0, []
+    loaded: dict[Path, object] = {}
+    problems: list[str] = []
+
+    def image(path: Path):
+        if path not in loaded:  # each bad file is reported once, however many prompts name it
+            try:
+                loaded[path] = load_image(path)
+            except InputError as e:
+                loaded[path] = None
+                problems.append(str(e))
+        return loaded[path]
+
+    pool = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    samples = []
+    cycle = 0
     lines = [ln for ln in prompts_file.read_text().splitlines() if ln.strip()]
-    image_cycle = 0
     for lineno, line in enumerate(lines, 1):
         if len(samples) >= n:
             break
         try:
             row = json.loads(line)
             prompt = check_prompt(row["prompt"])
-            if "image" in row:
-                path = root / row["image"]
-            else:
-                if not images:
-                    raise InputError("no images to pair with")
-                path = images[image_cycle % len(images)]
-                image_cycle += 1
-            samples.append((load_image(path), prompt))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            skipped += 1
-            reasons.append(f"prompts.jsonl:{lineno}: {type(e).__name__}")
-        except InputError as e:
-            skipped += 1
-            reasons.append(f"prompts.jsonl:{lineno}: {e}")
-    if skipped:
-        print(f"warning: skipped {skipped} unusable calibration sample(s) in {root} "
-              f"(first: {reasons[0]})", file=sys.stderr)
+        except (json.JSONDecodeError, KeyError, TypeError, InputError) as e:
+            problems.append(f"prompts.jsonl:{lineno}: {type(e).__name__}")
+            continue
+        if "image" in row:
+            img = image(root / str(row["image"]))
+        else:  # a prompt without an image pairs with the next usable image of the directory
+            img = None
+            for _ in range(len(pool)):
+                img = image(pool[cycle % len(pool)])
+                cycle += 1
+                if img is not None:
+                    break
+        if img is not None:
+            samples.append((img, prompt))
+    if problems:
+        print(f"warning: skipped {len(problems)} unusable calibration file(s) or line(s) in {root} "
+              f"(first: {problems[0]})", file=sys.stderr)
     if len(samples) < min_samples:
         raise AccmUserError(f"only {len(samples)} usable calibration sample(s) in {root}; "
                             f"at least {min_samples} are needed")
