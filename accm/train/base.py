@@ -41,6 +41,7 @@ class BaseRecipe:
     questions_per_image: int = 8
     seed: int = 0
     eval_every: int = 250
+    vision_log_every: int = 100
 
 
 def _tokenizer(work: Path, sizes: tiny.TinySizes):
@@ -72,7 +73,7 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None) -> di
     val = render_pool(work / "pool", "val", recipe.n_val_scenes)
 
     vision_metrics = train_vision(model, pool, val, work, recipe.vision_steps, recipe.vision_batch,
-                                  recipe.vision_lr, recipe.seed)
+                                  recipe.vision_lr, recipe.seed, log_every=recipe.vision_log_every)
     train_feats, _ = extract_features(model, pool, work / "features" / "train")
     val_feats, val_scores = extract_features(model, val, work / "features" / "val")
 
