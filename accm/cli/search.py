@@ -48,14 +48,12 @@ def _scorer(lm, samples, args):
 
 
 def _dims(lm, samples):
-    from ..models.prompt import split_at_image
-    from ..models.templates import render
+    from ..models.prompt import mean_text_tokens
     from ..pruning.flops import dims_from_config
 
-    tok = lm.processor.tokenizer
-    texts = [sum(len(p) for p in split_at_image(tok(render(lm.template, s.question))["input_ids"],
-                                                  lm.model.config.image_token_index)) for s in samples]
-    return dims_from_config(lm.model.config), round(sum(texts) / len(texts))
+    encode = lambda text: lm.processor.tokenizer(text)["input_ids"]  # noqa: E731
+    n_text = mean_text_tokens(encode, lm.template, [s.question for s in samples], lm.model.config.image_token_index)
+    return dims_from_config(lm.model.config), n_text
 
 
 def _write(args, counts, meta) -> None:

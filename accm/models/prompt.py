@@ -41,3 +41,12 @@ def left_pad(rows: list[list[int]], positions: list[list[int]], pad_id: int):
         pos[i, length - len(r):] = p
         mask[i, length - len(r):] = 1
     return ids, pos, mask
+
+
+def mean_text_tokens(encode, template: str, prompts: list[str], image_token_id: int) -> int:
+    """Mean number of non-image prompt tokens (for FLOPs accounting); ``encode(text) -> ids``."""
+    from .templates import render
+
+    counts = [sum(len(part) for part in split_at_image(encode(render(template, p)), image_token_id))
+              for p in prompts]
+    return round(sum(counts) / len(counts))
