@@ -28,6 +28,9 @@ from .packing import N_PATCHES, Packer, PackItem, packed_logits
 from .pool import ScenePool
 
 MODE_WEIGHTS = {"image": 0.55, "caption_full": 0.15, "caption_complement": 0.2, "dropped": 0.1}
+#: share of steps whose whole batch sees all 576 image tokens; other steps see token subsets, so
+#: their sequences stay short (mixing both in one batch would pad every sample to full length)
+FULL_BATCH_SHARE = 0.2
 
 
 @torch.no_grad()
@@ -76,7 +79,7 @@ def _background(patch_object: np.ndarray, rng, n: int) -> np.ndarray:
 
 
 def sample_item(pool: ScenePool, row: int, rng: np.random.Generator, n_questions: int,
-                text_only: bool = False) -> tuple[PackItem, list[str]]:
+                text_only: bool = False, full_image: bool = False) -> tuple[PackItem, list[str]]:
     objects = pool.objects[row]
     scene = shapes.Scene(pool.split, row, objects, np.zeros(0, np.uint8), pool.patch_object[row],
                          pool.patch_centre[row])
@@ -88,13 +91,12 @@ def sample_item(pool: ScenePool, row: int, rng: np.random.Generator, n_questions
     if text_only:
         kept = np.zeros(0, np.int64)
         caption = shapes.describe_objects(objects, shuffle)
+    elif full_image:
+        kept = np.arange(N_PATCHES)
     else:
         mode = rng.choice(list(MODE_WEIGHTS), p=list(MODE_WEIGHTS.values()))
         if mode == "image":
-            if rng.random() < 0.3:
-                kept = np.arange(N_PATCHES)
-            else:
-                kept = np.union1d(obj_patches, _background(po, rng, int(rng.integers(30, 121))))
+            kept = np.union1d(obj_patches, _background(po, rng, int(rng.integers(30, 121))))
         elif mode == "caption_full":
             kept = rng.choice(N_PATCHES, size=int(rng.integers(0, 65)), replace=False)
             caption = shapes.describe_objects(objects, shuffle)
@@ -181,7 +183,8 @@ def train_llm(model, tokenizer, template: str, pool: ScenePool, val: ScenePool, 
     for step in bar:
         rng = np.random.default_rng([seed, 17, step])
         rows = rng.choice(pool.n, size=batch, replace=False)
-        pairs = [sample_item(pool, int(r), rng, n_questions, text_only) for r in rows]
+        full = not text_only and rng.random() < FULL_BATCH_SHARE
+        pairs = [sample_item(pool, int(r), rng, n_questions, text_only, full) for r in rows]
         loss, _, _ = _step_loss(model, packer, [p[0] for p in pairs], [p[1] for p in pairs], feats)
         checkpoint.optimise(opt, params, loss, checkpoint.lr_at(step, steps, lr, warmup=min(300, steps // 10 + 1)))
         bar.set_postfix(loss=f"{float(loss):.3f}")
