@@ -1,0 +1,56 @@
+"""Latency sweeps behind the README tables: accm-tiny, and the LLaVA-1.5-7B stand-in (4 layers).
+
+    python benchmarks/latency.py --out benchmarks/results
+
+Calls ``accm-bench latency`` (each configuration in its own process; peers: transformers
+generate eager/SDPA and the PyTorch reference). The stand-in (random weights, real shapes) is
+built once into --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def bench(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "accm.cli.bench", "latency", *args, "--quiet"], check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--work", default="work/standin4")
+    ap.add_argument("--skip-tiny", action="store_true")
+    ap.add_argument("--skip-standin", action="store_true")
+    ap.add_argument("--repeat", default="5")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.skip_tiny:
+        bench("--model", "accm-tiny", "--vision-keep", "all", "192", "128", "64", "32", "18",
+              "--schedule", "none", "fastv:2:64", "--precision", "fp32", "int8-cpu", "--repeat", args.repeat,
+              "--json", str(out / "latency_tiny.json"), "--csv", str(out / "latency_tiny.csv"),
+              "--plot", str(out / "latency_tiny.png"))
+    if not args.skip_standin:
+        work = Path(args.work)
+        if not (work / "config.json").exists():
+            from accm.models.standin import llava_15_standin
+
+            model, proc = llava_15_standin(num_layers=4, seed=0)
+            model.save_pretrained(work)
+            proc.save_pretrained(work)
+            del model
+        bench("--model", str(work), "--vision-keep", "all", "64", "18", "--schedule", "none", "fastv:2:64",
+              "--precision", "fp32", "--repeat", args.repeat, "--warmup", "1",
+              "--json", str(out / "latency_standin4.json"), "--csv", str(out / "latency_standin4.csv"),
+              "--plot", str(out / "latency_standin4.png"))
+
+
+if __name__ == "__main__":
+    main()

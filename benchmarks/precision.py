@@ -1,0 +1,122 @@
+"""Precision table: fp16, int8 (Q/DQ) and int8-cpu bundles against fp32.
+
+Per bundle: per-stage output SNR and top-1 agreement against the fp32 stage on recorded real
+inputs (the calibration recorder on ShapesVQA *test* samples, never the calibration split),
+ShapesVQA accuracy through the runtime (full tokens, and 18 + ACCM where the model has it),
+bundle size, TTFT and decode ms/token on ONNX Runtime CPU (isolated process), and whether every
+graph builds with TensorRT-RTX (a CPU-side proxy for TensorRT).
+
+    python benchmarks/precision.py --model accm-tiny --json benchmarks/results/precision_tiny.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PRECISIONS = ["fp32", "fp16", "int8", "int8-cpu"]
+
+
+def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    ref, test = ref.astype(np.float64), test.astype(np.float64)
+    noise = ((ref - test) ** 2).sum()
+    return float("inf") if noise == 0 else float(10 * np.log10((ref ** 2).sum() / noise))
+
+
+def stage_agreement(fp32: Path, other: Path, samples) -> dict:
+    """Run both bundles' stages on the same recorded inputs (fp32's), compare the first output."""
+    from accm.calib.record import record_feeds
+    from accm.engines.ort import open_bundle_stages
+    from accm.manifest import load_manifest
+
+    feeds = record_feeds(fp32, samples, max_per_stage=8, progress=False)
+    a = open_bundle_stages(fp32, load_manifest(fp32))
+    b = open_bundle_stages(other, load_manifest(other))
+    out = {}
+    for stage, inputs in feeds.items():
+        snrs, top1 = [], []
+        for f in inputs:
+            ra, rb = a[stage].run(f), b[stage].run(f)
+            name = a[stage].output_names[0]
+            x, y = ra[name], rb[name]
+            if np.issubdtype(x.dtype, np.floating):
+                snrs.append(snr_db(x, y))
+                if stage in ("llm_prefill", "llm_decode", "caption_decode"):
+                    top1.append(float((x.argmax(-1) == y.argmax(-1)).mean()))
+            else:
+                top1.append(float((x == y).mean()))
+        out[stage] = {"snr_db": float(np.median(snrs)) if snrs else None,
+                      "top1_agreement": float(np.mean(top1)) if top1 else None}
+    return out
+
+
+def main() -> None:
+    from accm.bench.accuracy import BundleAnswerer, evaluate
+    from accm.bench.latency import machine, run_isolated
+    from accm.data import shapes
+    from accm.engines import trt_rtx_check
+    from accm.export.default import ensure_bundle
+    from accm.manifest import load_manifest
+    from accm.pruning.schedule import Schedule
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--n", type=int, default=500, help="accuracy questions (0: skip, e.g. random-weight stand-ins)")
+    ap.add_argument("--accm-keep", type=int, default=18, help="also measure this keep + ACCM (if the model has it)")
+    ap.add_argument("--no-accm", action="store_true")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args()
+
+    def options(prec, keep=None, accm=False):
+        return {"precision": prec, "vision_keep": keep, "schedule": Schedule.none().to_json(), "score_layer": None,
+                "target": "ort", "accm": accm, "accm_dir": None, "calib_dir": None, "calib_samples": 32}
+
+    samples = [(shapes.render_scene(s.split, s.scene_index).pil(), s.question) for s in shapes.benchmark("test", 8, 9)]
+    rows = []
+    fp32 = ensure_bundle(args.model, options("fp32"))
+    fp32_accm = None if args.no_accm else ensure_bundle(args.model, options("fp32", args.accm_keep, True))
+    for prec in PRECISIONS:
+        bundle = ensure_bundle(args.model, options(prec))
+        manifest = load_manifest(bundle)
+        row = {"precision": prec, "bundle_mb": sum(f["size"] for f in manifest["files"].values()) / 2**20}
+        row["stages_vs_fp32"] = stage_agreement(fp32, bundle, samples) if prec != "fp32" else None
+        if args.n:
+            acc = evaluate(BundleAnswerer(bundle), n=args.n, progress=False)
+            row["accuracy_full"] = acc["accuracy"]
+            row["per_family_full"] = acc["per_family"]
+        if fp32_accm is not None and args.n:
+            accm_bundle = ensure_bundle(args.model, options(prec, args.accm_keep, True))
+            row[f"accuracy_{args.accm_keep}_accm"] = evaluate(BundleAnswerer(accm_bundle), n=args.n,
+                                                              progress=False)["accuracy"]
+        lat = run_isolated("bundle", {"bundle": str(bundle), "provider": "cpu", "warmup": 2, "repeat": args.repeat,
+                                      "new_tokens": 16, "image": None, "prompt": None})
+        row["ttft_ms"] = lat["stages_ms"]["ttft"]["median"]
+        row["prefill_ms"] = lat["stages_ms"]["prefill"]["median"]
+        row["decode_ms_per_token"] = lat["decode_ms_per_token"]["median"]
+        if trt_rtx_check.available():
+            checks = trt_rtx_check.check_bundle(bundle, manifest)
+            row["tensorrt_rtx"] = {c.stage: ("built" if c.built else ("parsed" if c.parsed else "parse failed: "
+                                                                       + c.error[:120])) for c in checks}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "stages_vs_fp32"}), flush=True)
+    base = rows[0]
+    for r in rows:
+        r["size_vs_fp32"] = r["bundle_mb"] / base["bundle_mb"]
+        r["decode_speedup_vs_fp32"] = base["decode_ms_per_token"] / r["decode_ms_per_token"]
+        if args.n:
+            r["accuracy_delta_points"] = 100 * (r["accuracy_full"] - base["accuracy_full"])
+    report = {"benchmark": "precision vs fp32 (ONNX Runtime CPU)", "model": args.model or "accm-tiny",
+              "machine": machine(), "n": args.n, "rows": rows}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

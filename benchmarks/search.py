@@ -1,0 +1,101 @@
+"""G-Search and P-Sigmoid on a model (accm-tiny by default), evaluated on ShapesVQA *test*.
+
+Runs the three accm-search commands (validation: ShapesVQA val), then measures each found
+schedule and its baselines with the accuracy harness on the test split, with the prefill
+FLOPs ratio of each. Writes a JSON table and an accuracy-vs-FLOPs plot.
+
+    python benchmarks/search.py --val-n 200 --test-n 500 --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _search(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "accm.cli.search", *args, "--quiet"], check=True)
+
+
+def main() -> None:
+    from accm.bench.accuracy import TorchAnswerer, evaluate
+    from accm.bench.latency import machine
+    from accm.data import shapes
+    from accm.models.loading import load_llava
+    from accm.models.prompt import mean_text_tokens
+    from accm.pruning.flops import dims_from_config, schedule_flops_ratio
+    from accm.pruning.schedule import Schedule
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="accm-tiny")
+    ap.add_argument("--val-n", type=int, default=200)
+    ap.add_argument("--test-n", type=int, default=500)
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--matches", nargs="+", default=["fastv:2:64", "fastv:2:18"])
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = ["--model", args.model, "--n", str(args.val_n)]
+    _search("ranks", *common, "--output", str(out / "ranks.json"), "--plot", str(out / "ranks.png"))
+    _search("gsearch", *common, "--tolerance", "0", "--output", str(out / "gsearch.json"))
+    for spec in args.matches:
+        name = spec.replace(":", "_")
+        _search("psigmoid", *common, "--match", spec, "--trials", str(args.trials), "--output",
+                str(out / f"psigmoid_{name}.json"))
+
+    lm = load_llava(args.model)
+    dims = dims_from_config(lm.model.config)
+    questions = [s.question for s in shapes.benchmark("test", 100)]
+    n_text = mean_text_tokens(lambda t: lm.processor.tokenizer(t)["input_ids"], lm.template, questions,
+                              lm.model.config.image_token_index)
+    entries = [("full", "none"), ("G-Search (tol 0)", str(out / "gsearch.json"))]
+    for spec in args.matches:
+        entries += [(spec, spec), (f"P-Sigmoid @ {spec} FLOPs", str(out / f"psigmoid_{spec.replace(':', '_')}.json"))]
+    rows = []
+    for name, spec in entries:
+        sched = Schedule.parse(spec)
+        res = evaluate(TorchAnswerer(args.model, schedule=sched), n=args.test_n, progress=False)
+        rows.append({"name": name, "schedule": sched.spec(), "test_accuracy": res["accuracy"],
+                     "per_family": res["per_family"], "prefill_flops_ratio": schedule_flops_ratio(dims, sched, n_text),
+                     "mean_tokens": sched.mean_tokens(dims.layers, dims.patches), "search": sched.meta or None})
+        print(f"{name:32s} acc={res['accuracy']:.3f} flops={rows[-1]['prefill_flops_ratio']:.3f}", flush=True)
+    full = rows[0]["test_accuracy"]
+    for r in rows:
+        r["delta_vs_full_points"] = 100 * (r["test_accuracy"] - full)
+        r["prefill_flops_reduction"] = 1 / r["prefill_flops_ratio"]
+    report = {"benchmark": "G-Search / P-Sigmoid on ShapesVQA test (searched on val)", "model": args.model,
+              "val_n": args.val_n, "test_n": args.test_n, "trials": args.trials, "n_text_tokens": n_text,
+              "machine": machine(), "ranks": json.loads((out / "ranks.json").read_text()), "rows": rows}
+    (out / "search.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(rows, out / "search.png", args.model)
+
+
+def plot(rows, path: Path, model: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        marker = "*" if "Search" in r["name"] or "Sigmoid" in r["name"] else "o"
+        ax.plot(r["prefill_flops_ratio"], r["test_accuracy"], marker, markersize=10 if marker == "*" else 7,
+                label=r["name"])
+    ax.set_xlabel("LLM prefill FLOPs ratio vs 576 tokens")
+    ax.set_ylabel("ShapesVQA test accuracy")
+    ax.set_title(f"{model}: searched schedules vs FastV", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
