@@ -41,6 +41,8 @@ LOCATIONS = (
 DIRECTIONS = ("left", "right", "above", "below")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
 FAMILIES = ("colour", "shape_at", "count", "exists", "relation")
+#: the instruction whose answer is the scene description (LLaVA-style captioning supervision)
+DESCRIBE = "describe the image ."
 SPLITS = {"train": 0, "val": 1, "test": 2, "calib": 3}
 
 MIN_OBJECTS, MAX_OBJECTS = 5, 10

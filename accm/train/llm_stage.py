@@ -31,6 +31,10 @@ MODE_WEIGHTS = {"image": 0.55, "caption_full": 0.15, "caption_complement": 0.2, 
 #: share of steps whose whole batch sees all 576 image tokens; other steps see token subsets, so
 #: their sequences stay short (mixing both in one batch would pad every sample to full length)
 FULL_BATCH_SHARE = 0.2
+#: share of samples showing every object that also carry a captioning block ("describe the
+#: image ." → the scene description): dense supervision that teaches the LLM to read each
+#: object's colour, shape and place, as LLaVA's own captioning stage does
+CAPTION_BLOCK_SHARE = 0.5
 
 
 @torch.no_grad()
@@ -110,9 +114,14 @@ def sample_item(pool: ScenePool, row: int, rng: np.random.Generator, n_questions
             frac = rng.uniform(0.3, 0.9)
             shown = obj_patches[rng.random(len(obj_patches)) < frac]
             kept = np.union1d(shown, _background(po, rng, int(rng.integers(20, 81))))
-    item = PackItem(row, np.sort(kept).astype(np.int64), caption,
-                    [q.question for q in qs], [q.answer for q in qs])
-    return item, [q.family for q in qs]
+    questions, answers, families = [q.question for q in qs], [q.answer for q in qs], [q.family for q in qs]
+    shows_all = not text_only and caption is None and np.isin(obj_patches, kept).all()
+    if shows_all and rng.random() < CAPTION_BLOCK_SHARE:
+        questions.append(shapes.DESCRIBE)
+        answers.append(shapes.describe_objects(objects))
+        families.append("describe")
+    item = PackItem(row, np.sort(kept).astype(np.int64), caption, questions, answers)
+    return item, families
 
 
 def _step_loss(model, packer: Packer, items, families, features: torch.Tensor):
