@@ -1,0 +1,141 @@
+"""Markdown tables for the README and the accm-tiny model card, from the JSON in benchmarks/results.
+
+    python benchmarks/readme_tables.py [--results benchmarks/results] > tables.md
+
+Only formats what the other benchmark scripts measured; a missing JSON is reported as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _num(x, fmt: str = ".1f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _machine(m: dict) -> str:
+    versions = m.get("versions", {})
+    parts = [m.get("cpu", "unknown CPU"), f"{m.get('cores')} cores"]
+    parts += [f"{k} {versions[k]}" for k in ("onnxruntime", "torch", "transformers") if versions.get(k)]
+    return ", ".join(parts)
+
+
+def accuracy_sweep(rep: dict) -> str:
+    by = {(r["method"], r["budget"]): r for r in rep["runs"]}
+    full = next(r for r in rep["runs"] if r["method"] == "full")
+    budgets = sorted({r["budget"] for r in rep["runs"] if r["method"] == "vision"}, reverse=True)
+    rows = [["576 (full)", _pct(full["accuracy"]), _pct(full["accuracy"]), _pct(full["accuracy"]),
+             _pct(full["kept_on_object"]), "–", "1.000"]]
+    for k in budgets:
+        v, f, r = by.get(("vision", k)), by.get(("fastv", k)), by.get(("random", k))
+        rows.append([str(k), _pct(v and v["accuracy"]), _pct(f and f["accuracy"]), _pct(r and r["accuracy"]),
+                     _pct(v and v["kept_on_object"]), _pct(r and r["kept_on_object"]),
+                     _num(v and v["flops_ratio"], ".3f")])
+    head = ["kept tokens", "vision top-k %", "FastV K=2 %", "random keep %", "vision kept on objects %",
+            "random kept on objects %", "prefill FLOPs (vision top-k)"]
+    return (f"{rep['model']}, ShapesVQA test, n = {rep['n']} (seed {rep['seed']}); {_machine(rep['machine'])}\n\n"
+            + _table(head, rows))
+
+
+def accm(rep: dict) -> str:
+    rows = []
+    for r in rep["rows"]:
+        fl = r["flops"]
+        rows.append([str(r["keep"]), _pct(r["full_accuracy"]), _pct(r["vision_only"]), _pct(r["fastv_k2"]),
+                     _pct(r["accm_none"]), _pct(r["accm_random"]), _pct(r["accm_selected"]), _pct(r["accm_oracle"]),
+                     _num(r["gain_over_best_uncompensated_points"], "+.1f"),
+                     _num(fl["prefill_plus_compensation_ratio"], ".3f"),
+                     _pct(fl["compensation_share_of_pruned_pipeline"]), _pct(r["compensation_share_of_ttft"])])
+    head = ["kept", "full %", "vision top-k %", "FastV %", "ACCM: no caption %", "random candidate %",
+            "selected %", "oracle best-of-M %", "selected − best uncompensated (pts)",
+            "prefill+ACCM FLOPs vs full", "ACCM share of pruned FLOPs %", "ACCM share of TTFT (ORT CPU) %"]
+    return (f"{rep['model']}, ShapesVQA test, n = {rep['n']}; {_machine(rep['machine'])}\n\n" + _table(head, rows))
+
+
+def latency(rep: dict) -> str:
+    rows = []
+    for r in rep["results"]:
+        med = {stage: v["median"] for stage, v in r["stages_ms"].items()}
+        dec = r.get("decode_ms_per_token") or {}
+        rows.append([r["name"], _num(med.get("vision")), _num(med.get("prefill")), _num(med.get("ttft")),
+                     _num(dec.get("median")), _num(r.get("peak_rss_mb"), ".0f"),
+                     _num(r.get("prefill_flops_ratio"), ".3f"), _num(r.get("prefill_speedup"), ".2f"),
+                     _num(r.get("speedup_vs_flops"), ".2f")])
+    head = ["configuration", "vision ms", "prefill ms", "TTFT ms", "decode ms/token", "peak RSS MB",
+            "prefill FLOPs ratio", "prefill speedup", "speedup / FLOPs speedup"]
+    cfg = rep["config"]
+    text = (f"{rep['model']}; median of {cfg['repeat']} runs after {cfg['warmup']} warm-up, {cfg['new_tokens']} "
+            f"new tokens, provider {cfg['provider']}; {_machine(rep['machine'])}\n\n" + _table(head, rows))
+    if rep.get("ratios"):
+        prow = [[name, _num(v["ttft_ratio_peer_over_ours"], ".2f"), _num(v["decode_ratio_peer_over_ours"], ".2f")]
+                for name, v in rep["ratios"].items()]
+        text += "\n\nPeers against our fp32 full-token bundle (> 1: the peer is slower):\n\n"
+        text += _table(["peer", "TTFT peer / ours", "decode per token peer / ours"], prow)
+    return text
+
+
+def precision(rep: dict) -> str:
+    rows = []
+    accm_key = next((k for r in rep["rows"] for k in r if k.startswith("accuracy_") and k.endswith("_accm")), None)
+    for r in rep["rows"]:
+        st = r.get("stages_vs_fp32") or {}
+        snr = ", ".join(f"{s} {v['snr_db']:.0f}" for s, v in st.items() if v.get("snr_db") is not None) or "–"
+        top1 = ", ".join(f"{s} {100 * v['top1_agreement']:.0f}" for s, v in st.items()
+                         if v.get("top1_agreement") is not None) or "–"
+        trt = r.get("tensorrt_rtx")
+        trt_s = "–" if trt is None else ("all built" if all(v == "built" for v in trt.values())
+                                         else "; ".join(f"{k}: {v}" for k, v in trt.items() if v != "built"))
+        rows.append([r["precision"], _num(r["bundle_mb"]), _pct(r.get("size_vs_fp32")), _pct(r.get("accuracy_full")),
+                     _pct(r.get(accm_key)) if accm_key else "–", snr, top1, _num(r["ttft_ms"]),
+                     _num(r["decode_ms_per_token"], ".2f"), _num(r.get("decode_speedup_vs_fp32"), ".2f"), trt_s])
+    head = ["precision", "bundle MB", "size vs fp32 %", "accuracy full %",
+            f"accuracy {accm_key.split('_')[1]}+ACCM %" if accm_key else "accuracy +ACCM %",
+            "SNR vs fp32 dB (per stage)", "top-1 agreement % (per stage)", "TTFT ms", "decode ms/token",
+            "decode speedup", "TensorRT-RTX build (proxy)"]
+    return f"{rep['model']}, n = {rep['n']}; {_machine(rep['machine'])}\n\n" + _table(head, rows)
+
+
+def search(rep: dict) -> str:
+    rows = [[r["name"], r["schedule"] if len(r["schedule"]) < 60 else r["schedule"][:57] + "…",
+             _pct(r["test_accuracy"]), _num(r["delta_vs_full_points"], "+.1f"), _num(r["mean_tokens"], ".0f"),
+             _num(r["prefill_flops_ratio"], ".3f")] for r in rep["rows"]]
+    head = ["schedule", "per-layer counts", "test accuracy %", "vs full (pts)", "mean image tokens/layer",
+            "prefill FLOPs ratio"]
+    return (f"{rep['model']}, searched on val (n = {rep['val_n']}), measured on test (n = {rep['test_n']}); "
+            f"{rep['trials']} BO trials per P-Sigmoid; {_machine(rep['machine'])}\n\n" + _table(head, rows))
+
+
+SECTIONS = [("accuracy_sweep.json", "Accuracy vs kept tokens", accuracy_sweep),
+            ("accm_table.json", "ACCM compensation", accm),
+            ("latency_tiny.json", "Latency, accm-tiny", latency),
+            ("latency_standin4.json", "Latency, LLaVA-1.5-7B stand-in (4 decoder layers)", latency),
+            ("precision_tiny.json", "Precision, accm-tiny", precision),
+            ("search.json", "Schedule search", search)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default="benchmarks/results")
+    args = ap.parse_args()
+    for name, title, fmt in SECTIONS:
+        path = Path(args.results) / name
+        print(f"### {title}\n")
+        print(fmt(json.loads(path.read_text())) if path.exists() else f"(not measured: {path} is missing)")
+        print()
+
+
+if __name__ == "__main__":
+    main()
