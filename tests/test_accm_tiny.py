@@ -1,0 +1,107 @@
+"""accm-tiny, the shipped default model: a plain HF checkpoint, exported and run like any other."""
+
+import json
+
+import numpy as np
+import pytest
+
+from accm.data import shapes
+from accm.models.registry import TINY_DIR
+
+from .test_export_parity import assert_parity, questions
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(TINY_DIR).eval()
+    return model, AutoProcessor.from_pretrained(TINY_DIR)
+
+
+def test_loads_with_plain_from_pretrained_and_yields_576_image_tokens(tiny):
+    model, proc = tiny
+    image = shapes.render_scene("test", 0).pil()
+    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                       {"type": "text", "text": "what color is the circle ?"}]}],
+                                      add_generation_prompt=True)
+    inputs = proc(images=image, text=prompt, return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 576
+    assert tuple(inputs["pixel_values"].shape) == (1, 3, 336, 336)
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep,schedule", [(64, "fastv:2:32"), (None, "layers:576,576,288,144,72,36")])
+def test_bundle_matches_reference(tiny, tmp_path, keep, schedule):
+    from accm.export.exporter import ExportConfig, export_bundle
+    from accm.pruning.schedule import Schedule
+
+    export_bundle("accm-tiny", tmp_path / "b", ExportConfig(vision_keep=keep, schedule=Schedule.parse(schedule)),
+                  progress=False)
+    images, prompts = questions(20)
+    assert_parity(*tiny, tmp_path / "b", keep, schedule, images, prompts)
+
+
+def test_cls_attention_keeps_tokens_on_objects(capsys):
+    """Vision-side pruning depends on the CLS query attending to objects: far above random keeps."""
+    from accm.cli import bench
+
+    on_object = {}
+    for extra in ([], ["--random-keep"]):
+        assert bench.main(["accuracy", "--model", "accm-tiny", "--vision-keep", "18", "--n", "32",
+                           "--json", *extra]) == 0
+        report = json.loads(capsys.readouterr().out)
+        on_object[bool(extra)] = report["kept_on_object"]
+        assert 0.0 <= report["accuracy"] <= 1.0 and report["n"] == 32
+    assert on_object[False] > 0.6 > 2 * on_object[True]
+
+
+def test_answers_beat_guessing_the_commonest_answer_per_family(capsys):
+    """Full-token accuracy on ShapesVQA test against the best image-blind guesser (per-family majority)."""
+    from accm.cli import bench
+
+    n = 96
+    assert bench.main(["accuracy", "--model", "accm-tiny", "--n", str(n), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    samples = shapes.benchmark("test", n, 0)
+    by_family: dict[str, list[str]] = {}
+    for s in samples:
+        by_family.setdefault(s.family, []).append(s.answer)
+    blind = sum(max(a.count(x) for x in set(a)) for a in by_family.values()) / n
+    assert report["accuracy"] > blind + 0.05, (report, blind)
+
+
+def test_main_job_exports_the_default_bundle_and_answers(tmp_path, monkeypatch, capsys):
+    from accm.cli import run as run_cli
+
+    monkeypatch.setenv("ACCM_CACHE", str(tmp_path / "cache"))
+    args = ["--image", "examples/shapes_1.png", "--prompt", "what color is the triangle ?", "--json"]
+    assert run_cli.main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tokens"]["image_tokens_kept"] == 64
+    answer = report["answer"].strip()
+    assert answer and len(answer.split()) <= 3
+    assert np.isfinite(report["times_ms"]["ttft"])
+
+
+@pytest.mark.slow
+def test_shipped_accm_modules_in_the_bundle_match_the_reference(tiny, tmp_path):
+    """accm-tiny's trained caption model and selector: bundle + runtime against the PyTorch reference."""
+    from accm.compensation.compensator import Compensator
+    from accm.export.exporter import ExportConfig, export_bundle
+    from accm.pruning.reference import ReferencePipeline
+    from accm.runtime.pipeline import Pipeline
+
+    model, proc = tiny
+    export_bundle("accm-tiny", tmp_path / "b", ExportConfig(vision_keep=18, accm=True), progress=False)
+    comp = Compensator.load(TINY_DIR / "accm", proc.tokenizer)
+    ref = ReferencePipeline(model, proc, vision_keep=18, compensator=comp)
+    pipe = Pipeline(tmp_path / "b")
+    images, prompts = questions(10)
+    tokens, _, prep = ref.generate_ids(images, prompts, 3)
+    for b, ans in enumerate(pipe.generate(images, prompts, 3)):
+        assert ans.candidates == prep.compensation.candidates[b]
+        assert ans.caption == prep.compensation.captions[b]
+        assert ans.token_ids == tokens[b].tolist()[: len(ans.token_ids)]
