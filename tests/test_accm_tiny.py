@@ -62,7 +62,8 @@ def test_answers_beat_guessing_the_commonest_answer_per_family(capsys):
     """Full-token accuracy on ShapesVQA test against the best image-blind guesser (per-family majority)."""
     from accm.cli import bench
 
-    n = 96
+    # 300 prompts: at 96 the per-family majority fitted on the test set itself is too lucky (0.41 vs 0.36).
+    n = 300
     assert bench.main(["accuracy", "--model", "accm-tiny", "--n", str(n), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     samples = shapes.benchmark("test", n, 0)
@@ -99,9 +100,27 @@ def test_shipped_accm_modules_in_the_bundle_match_the_reference(tiny, tmp_path):
     comp = Compensator.load(TINY_DIR / "accm", proc.tokenizer)
     ref = ReferencePipeline(model, proc, vision_keep=18, compensator=comp)
     pipe = Pipeline(tmp_path / "b")
-    images, prompts = questions(10)
-    tokens, _, prep = ref.generate_ids(images, prompts, 3)
-    for b, ans in enumerate(pipe.generate(images, prompts, 3)):
-        assert ans.candidates == prep.compensation.candidates[b]
-        assert ans.caption == prep.compensation.captions[b]
-        assert ans.token_ids == tokens[b].tolist()[: len(ans.token_ids)]
+    images, prompts = questions(50)
+    for s in range(0, 50, 10):
+        ims, ps = images[s:s + 10], prompts[s:s + 10]
+        tokens, _, prep = ref.generate_ids(ims, ps, 3)
+        for b, ans in enumerate(pipe.generate(ims, ps, 3)):
+            assert ans.candidates == prep.compensation.candidates[b]
+            assert ans.caption == prep.compensation.captions[b]
+            assert ans.token_ids == tokens[b].tolist()[: len(ans.token_ids)]
+
+
+@pytest.mark.slow
+def test_fp16_bundle_with_accm_opens_and_answers(tmp_path):
+    """Every stage of an fp16 accm-tiny bundle opens in ONNX Runtime (its fp16 mapper once crashed it)."""
+    from accm.export.exporter import ExportConfig, export_bundle
+    from accm.manifest import load_manifest
+    from accm.runtime.pipeline import Pipeline
+
+    export_bundle("accm-tiny", tmp_path / "b", ExportConfig(precision="fp16", vision_keep=18, accm=True),
+                  progress=False)
+    detail = load_manifest(tmp_path / "b")["precision_detail"]
+    assert {"caption_prefix", "caption_decode", "selector", "llm_prefill"} <= set(detail)
+    images, prompts = questions(4)
+    answers = Pipeline(tmp_path / "b").generate(images, prompts, 2)
+    assert all(a.caption for a in answers)

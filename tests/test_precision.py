@@ -108,3 +108,15 @@ def test_calibration_directory_skips_bad_files_and_needs_enough(tmp_path, capsys
         directory_samples(tmp_path / "empty", 10)
     with pytest.raises(AccmUserError, match="not found"):
         directory_samples(tmp_path / "img0.png", 10)
+
+
+def test_fp16_stage_that_onnxruntime_cannot_open_stays_fp32(precision_bundles, tmp_path, monkeypatch):
+    from accm.calib import convert
+
+    src = precision_bundles["fp32"] / "embed.onnx"
+    assert convert.ort_session_status(src) == 0
+    monkeypatch.setattr(convert, "ort_session_status", lambda path: -11)  # a segfaulting session
+    detail = convert.to_fp16(src, tmp_path / "embed.onnx")
+    assert detail["method"] == "kept fp32" and "-11" in detail["reason"]
+    graph = onnx.load(str(tmp_path / "embed.onnx"))
+    assert graph.graph.initializer[0].data_type == onnx.TensorProto.FLOAT

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -68,8 +70,23 @@ def to_fp16(src: Path, dst: Path) -> dict:
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_BLOCK)
     _dedupe_casts(converted)
     _save(converted, dst)
+    status = ort_session_status(dst)
+    if status != 0:
+        # measured: onnxruntime 1.31's full graph optimisation segfaults on the fp16 ACCM mapper
+        import onnxruntime
+
+        _copy(src, dst, "")
+        return {"method": "kept fp32", "reason": f"onnxruntime {onnxruntime.__version__} could not open the "
+                f"fp16 graph (session creation exited with {status})"}
     kept = sorted({n.op_type for n in converted.graph.node if n.op_type in FP16_BLOCK})
     return {"method": "onnxruntime float16 converter", "io": "fp32", "ops_kept_fp32": kept}
+
+
+def ort_session_status(path: Path) -> int:
+    """Exit status of opening ``path`` in ONNX Runtime (CPU, default optimisation) in a child
+    process, so that a crash inside onnxruntime cannot take the exporter down with it."""
+    code = "import sys, onnxruntime as o; o.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True).returncode
 
 
 def weight_matmuls(model: onnx.ModelProto) -> list[str]:
