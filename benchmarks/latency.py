@@ -39,7 +39,7 @@ def main() -> None:
               "--plot", str(out / "latency_tiny.png"))
     if not args.skip_standin:
         work = Path(args.work)
-        if not (work / "config.json").exists():
+        if not any(work.glob("*.safetensors")):  # a half-written directory has config.json only
             from accm.models.standin import llava_15_standin
 
             model, proc = llava_15_standin(num_layers=4, seed=0)

@@ -124,3 +124,25 @@ def test_fp16_bundle_with_accm_opens_and_answers(tmp_path):
     images, prompts = questions(4)
     answers = Pipeline(tmp_path / "b").generate(images, prompts, 2)
     assert all(a.caption for a in answers)
+
+
+@pytest.mark.slow
+def test_fp16_bundle_prefill_agrees_with_fp32_on_real_prompts(tmp_path):
+    """accm-tiny's fp16 prefill logits on recorded test prompts: same top-1, high SNR, every prompt
+    (rotary angles and RMSNorm once went through fp16 and zeroed some prompts' logits)."""
+    from accm.calib.record import record_feeds
+    from accm.engines.ort import open_bundle_stages
+    from accm.export.exporter import ExportConfig, export_bundle
+    from accm.manifest import load_manifest
+
+    bundles = {}
+    for prec in ("fp32", "fp16"):
+        export_bundle("accm-tiny", tmp_path / prec, ExportConfig(precision=prec, vision_keep=None), progress=False)
+        bundles[prec] = open_bundle_stages(tmp_path / prec, load_manifest(tmp_path / prec))["llm_prefill"]
+    samples = [(shapes.render_scene(s.split, s.scene_index).pil(), s.question) for s in shapes.benchmark("test", 12, 9)]
+    feeds = record_feeds(tmp_path / "fp32", samples, max_per_stage=12, progress=False)["llm_prefill"]
+    assert len(feeds) == 12
+    for feed in feeds:
+        ref, half = (bundles[p].run(feed)["logits"].astype(np.float64) for p in ("fp32", "fp16"))
+        snr = 10 * np.log10((ref ** 2).sum() / ((ref - half) ** 2).sum())
+        assert snr > 45 and (ref.argmax(-1) == half.argmax(-1)).all(), snr

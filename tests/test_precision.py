@@ -120,3 +120,26 @@ def test_fp16_stage_that_onnxruntime_cannot_open_stays_fp32(precision_bundles, t
     assert detail["method"] == "kept fp32" and "-11" in detail["reason"]
     graph = onnx.load(str(tmp_path / "embed.onnx"))
     assert graph.graph.initializer[0].data_type == onnx.TensorProto.FLOAT
+
+
+
+def test_fp16_rotary_angles_never_pass_through_fp16(precision_bundles):
+    """cos/sin of position × frequency are computed in fp32 from the integer positions on:
+    fp16 angles are 0.5 rad coarse at position 512, which changed accm-tiny's answers."""
+    graph = onnx.load(str(precision_bundles["fp16"] / "llm_prefill.onnx"), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def casts_to(node, dtype):
+        return node is not None and node.op_type == "Cast" and node.attribute[0].i == dtype
+
+    rotary = [n for n in graph.node if n.op_type in ("Cos", "Sin")]
+    assert rotary
+    for node in rotary:
+        stack = list(node.input)
+        while stack:
+            parent = producer.get(stack.pop())
+            assert not casts_to(parent, onnx.TensorProto.FLOAT16), (node.name, parent.name)
+            if casts_to(parent, onnx.TensorProto.FLOAT):  # where the integer positions become fp32
+                assert not casts_to(producer.get(parent.input[0]), onnx.TensorProto.FLOAT16), parent.name
+            elif parent is not None and parent.op_type not in ("Shape", "Constant"):
+                stack.extend(parent.input)

@@ -63,12 +63,44 @@ def _dedupe_casts(model: onnx.ModelProto) -> None:
                 node.name = f"{node.name}_{seen[node.name] - 1}"
 
 
+def _drop_fp16_round_trips(model: onnx.ModelProto, fp32_nodes: set[str]) -> None:
+    """The converter wraps every blocked node in casts, so a chain of blocked nodes passes each
+    intermediate through fp16 and back (cos(fp16(angle)), fp16(x²) in RMSNorm). Feed the fp32
+    tensor straight on wherever a blocked node's output is cast to fp16 only to be cast back."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+
+    def cast_to(node, dtype) -> bool:
+        return node is not None and node.op_type == "Cast" and node.attribute[0].i == dtype
+
+    rename, dropped = {}, set()
+    for node in graph.node:
+        inner = producer.get(node.input[0]) if node.input else None
+        if cast_to(node, onnx.TensorProto.FLOAT) and cast_to(inner, onnx.TensorProto.FLOAT16) \
+                and getattr(producer.get(inner.input[0]), "name", None) in fp32_nodes \
+                and node.output[0] not in outputs:
+            rename[node.output[0]] = inner.input[0]
+            dropped.add(id(node))
+    keep = [n for n in graph.node if id(n) not in dropped]
+    for node in keep:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+    used = {i for n in keep for i in n.input} | outputs
+    keep = [n for n in keep if not (n.op_type == "Cast" and not any(o in used for o in n.output))]
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
 def to_fp16(src: Path, dst: Path) -> dict:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(src))
-    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_BLOCK)
+    kept_nodes = rotary_angle_nodes(model)
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_BLOCK,
+                                         node_block_list=kept_nodes)
     _dedupe_casts(converted)
+    _drop_fp16_round_trips(converted, set(kept_nodes) | {n.name for n in converted.graph.node
+                                                         if n.op_type in FP16_BLOCK})
     _save(converted, dst)
     status = ort_session_status(dst)
     if status != 0:
@@ -80,6 +112,26 @@ def to_fp16(src: Path, dst: Path) -> dict:
                 f"fp16 graph (session creation exited with {status})"}
     kept = sorted({n.op_type for n in converted.graph.node if n.op_type in FP16_BLOCK})
     return {"method": "onnxruntime float16 converter", "io": "fp32", "ops_kept_fp32": kept}
+
+
+def rotary_angle_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes computing rotary angles (position × inverse frequency, then Cos/Sin).
+
+    Kept fp32: fp16 spacing at position 512 is 0.5 rad, which made cos/sin off by up to 0.17 and
+    broke answers. Walks back from each Cos/Sin and stops at Cast/Shape/Size (where the integer
+    position ids and shapes enter), so nothing of the decoder itself is included."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    blocked: dict[str, onnx.NodeProto] = {}
+    stack = [n for n in model.graph.node if n.op_type in ("Cos", "Sin")]
+    while stack:
+        node = stack.pop()
+        if node.name in blocked:
+            continue
+        blocked[node.name] = node
+        if node.op_type in ("Cast", "Shape", "Size"):
+            continue
+        stack.extend(producer[i] for i in node.input if i in producer)
+    return sorted(blocked)
 
 
 def ort_session_status(path: Path) -> int:
