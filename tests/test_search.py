@@ -67,6 +67,25 @@ def test_budget_solver_meets_a_flops_ratio():
     assert ratio(counts) > target - 0.01  # tight: within a fraction of a layer's tokens
 
 
+def test_p_sigmoid_trials_stay_feasible_at_every_slope():
+    """A shallow model at FastV's FLOPs: gentle slopes afford a lower floor than steep ones, and
+    no trial may fail for picking a floor its slope cannot afford (one did, on accm-tiny)."""
+    import dataclasses
+
+    dims = dataclasses.replace(LLAVA_15_7B, layers=6)
+    target = schedule_flops_ratio(dims, Schedule.fastv(2, 64), 11)
+    ratio = lambda c: schedule_flops_ratio(dims, Schedule.per_layer(c), 11)  # noqa: E731
+    fit = lambda ratios_for: search.fit_flops(ratios_for, 576, ratio, target)  # noqa: E731
+    gentle, steep = (search.feasible_floor(fit, 6, s) for s in (0.05, 6.0))
+    assert gentle < steep
+    with pytest.raises(ValueError, match="floor"):
+        fit(lambda l0: search.sigmoid_ratios(0.05, l0, steep, 6))
+    result = search.p_sigmoid_search(search.CachedEvaluator(_monotone_oracle([576, 576, 200, 100, 50, 20])),
+                                     6, 576, fit, trials=16, seed=0)
+    assert len(result.trials) == 16 and all(ratio(t["counts"]) <= target for t in result.trials)
+    assert any(t["params"]["s"] < 0.3 for t in result.trials)
+
+
 def test_p_sigmoid_bayesian_optimisation_is_seeded_and_respects_the_budget():
     need = [576, 576, 576, 100, 50, 20]
     evaluate = search.CachedEvaluator(_monotone_oracle(need))

@@ -139,12 +139,14 @@ def fit_flops(curve: Callable[[float], np.ndarray], n_image: int, flops_ratio: C
     return to_counts(curve(l0), n_image)
 
 
-def feasible_floor(fit: Callable[[Callable[[float], np.ndarray]], list[int]], num_layers: int) -> float:
-    """The largest r_min in [0, 1] for which ``fit`` can meet its budget (with a steep curve)."""
+def feasible_floor(fit: Callable[[Callable[[float], np.ndarray]], list[int]], num_layers: int,
+                   slope: float = 6.0) -> float:
+    """The largest r_min in [0, 1] for which ``fit`` can meet its budget with this slope (gentle
+    slopes keep more tokens in the shallow layers, so their floor must sit lower)."""
 
     def ok(r_min: float) -> bool:
         try:
-            fit(lambda l0: sigmoid_ratios(6.0, l0, r_min, num_layers))
+            fit(lambda l0: sigmoid_ratios(slope, l0, r_min, num_layers))
             return True
         except ValueError:
             return False
@@ -172,19 +174,21 @@ def p_sigmoid_search(evaluate: CachedEvaluator, num_layers: int, n_image: int,
                      fit: Callable[[Callable[[float], np.ndarray]], list[int]], trials: int = 30, seed: int = 0,
                      progress: Callable[[int], None] | None = None) -> PSigmoidResult:
     """Bayesian optimisation (optuna's Gaussian-process sampler) over slope s and floor r_min;
-    the midpoint l0 is solved so every trial meets the budget."""
+    the midpoint l0 is solved so every trial meets the budget. r_min is searched as a fraction of
+    the highest floor that slope can afford, so no trial is infeasible."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    r_max = feasible_floor(fit, num_layers)
+    feasible_floor(fit, num_layers)  # raises if even a zero floor cannot meet the budget
     sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(8, trials))
     study = optuna.create_study(direction="maximize", sampler=sampler)
 
     def objective(trial) -> float:
         s = trial.suggest_float("s", 0.05, 6.0, log=True)
-        r_min = trial.suggest_float("r_min", 0.0, r_max)
+        r_min = trial.suggest_float("floor_fraction", 0.0, 1.0) * feasible_floor(fit, num_layers, s)
         counts = fit(lambda l0: sigmoid_ratios(s, l0, r_min, num_layers))
         trial.set_user_attr("counts", counts)
+        trial.set_user_attr("r_min", r_min)
         score = evaluate(counts)
         if progress is not None:
             progress(trial.number)
@@ -192,9 +196,9 @@ def p_sigmoid_search(evaluate: CachedEvaluator, num_layers: int, n_image: int,
 
     study.optimize(objective, n_trials=trials)
     best = study.best_trial
-    records = [{"number": t.number, "params": t.params, "score": t.value, "counts": t.user_attrs["counts"]}
-               for t in study.trials]
-    return PSigmoidResult(best.user_attrs["counts"], best.params, float(best.value), records)
+    records = [{"number": t.number, "params": {**t.params, "r_min": t.user_attrs["r_min"]}, "score": t.value,
+                "counts": t.user_attrs["counts"]} for t in study.trials]
+    return PSigmoidResult(best.user_attrs["counts"], records[best.number]["params"], float(best.value), records)
 
 
 def schedule_for(counts: list[int], meta: dict) -> Schedule:
