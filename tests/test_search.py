@@ -116,7 +116,8 @@ def test_schedule_file_round_trip(tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["format"] == "accm-schedule"
 
 
-def test_search_cli_on_a_tiny_model(tmp_path, capsys):
+def test_search_cli_on_a_tiny_model(tmp_path, capsys, monkeypatch):
+    from accm.cli import run
     from accm.cli import search as cli
 
     from .conftest import loaded_model, random_llava
@@ -137,3 +138,9 @@ def test_search_cli_on_a_tiny_model(tmp_path, capsys):
     assert len(ranks["kendall_tau"]) == 4 and (tmp_path / "r.png").stat().st_size > 0
     capsys.readouterr()
     assert cli.main(["psigmoid", "--model", str(tmp_path / "m"), "--n", "8", "--quiet"]) == 2
+    # the searched schedule exports and runs through accm-run
+    monkeypatch.setenv("ACCM_CACHE", str(tmp_path / "cache"))
+    capsys.readouterr()
+    assert run.main(["--model", str(tmp_path / "m"), "--vision-keep", "all", "--schedule", str(out), "--image",
+                     "examples/shapes_1.png", "--prompt", "what is here ?", "--max-new-tokens", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"]["llm_image_tokens_per_layer"] == list(sched.counts)
