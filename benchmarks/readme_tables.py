@@ -87,6 +87,15 @@ def latency(rep: dict) -> str:
     return text
 
 
+def _trt_summary(stages: dict) -> str:
+    failed = {k: v for k, v in stages.items() if v != "built"}
+    if not failed:
+        return "all built"
+    if all("MatMulInteger" in v or "DynamicQuantizeLinear" in v for v in failed.values()):
+        return f"not for TensorRT: {', '.join(failed)} use ONNX Runtime's integer ops"
+    return "; ".join(f"{k}: {v}" for k, v in failed.items())
+
+
 def precision(rep: dict) -> str:
     rows = []
     accm_key = next((k for r in rep["rows"] for k in r if k.startswith("accuracy_") and k.endswith("_accm")), None)
@@ -96,8 +105,7 @@ def precision(rep: dict) -> str:
         top1 = ", ".join(f"{s} {100 * v['top1_agreement']:.0f}" for s, v in st.items()
                          if v.get("top1_agreement") is not None) or "–"
         trt = r.get("tensorrt_rtx")
-        trt_s = "–" if trt is None else ("all built" if all(v == "built" for v in trt.values())
-                                         else "; ".join(f"{k}: {v}" for k, v in trt.items() if v != "built"))
+        trt_s = "–" if trt is None else _trt_summary(trt)
         rows.append([r["precision"], _num(r["bundle_mb"]), _pct(r.get("size_vs_fp32")), _pct(r.get("accuracy_full")),
                      _pct(r.get(accm_key)) if accm_key else "–", snr, top1, _num(r["ttft_ms"]),
                      _num(r["decode_ms_per_token"], ".2f"), _num(r.get("decode_speedup_vs_fp32"), ".2f"), trt_s])

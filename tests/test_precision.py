@@ -57,7 +57,11 @@ def test_precision_manifests_record_choices(precision_bundles):
     assert m["precision"] == "int8"
     detail = m["precision_detail"]
     assert detail["llm_prefill"]["quantized_nodes"] and detail["vision"]["quantized_nodes"]
-    assert detail["embed"]["method"].startswith("fp32")
+    assert detail["embed"]["method"].startswith("fp16 storage")
+    for stage in ("embed", "vision"):  # the unquantized embeddings are stored half size
+        inits = onnx.load(str(precision_bundles["int8"] / f"{stage}.onnx"), load_external_data=False).graph.initializer
+        big = [i for i in inits if np.prod(i.dims) * 2 >= 32 * 1024 and i.data_type != onnx.TensorProto.INT8]
+        assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big), stage
     graph = onnx.load(str(precision_bundles["int8"] / "llm_prefill.onnx"), load_external_data=False)
     ops = {n.op_type for n in graph.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "MatMulInteger" not in ops
