@@ -131,6 +131,8 @@ SECTIONS = [("accuracy_sweep.json", "Accuracy vs kept tokens", accuracy_sweep),
             ("latency_tiny.json", "Latency, accm-tiny", latency),
             ("latency_standin4.json", "Latency, LLaVA-1.5-7B stand-in (4 decoder layers)", latency),
             ("precision_tiny.json", "Precision, accm-tiny", precision),
+            ("precision_standin2.json", "Precision, LLaVA-1.5-7B stand-in (2 decoder layers, random weights: "
+                                        "no accuracy)", precision),
             ("search.json", "Schedule search", search)]
 
 
