@@ -126,6 +126,17 @@ def search(rep: dict) -> str:
             f"{rep['trials']} BO trials per P-Sigmoid; {_machine(rep['machine'])}\n\n" + _table(head, rows))
 
 
+def plugin_kernel(rep: dict) -> str:
+    rows = [[r["dtype"], str(r["batch"]), str(r["tokens"]), str(r["hidden"]), str(r["kept"]),
+             _num(1000 * r["kernel_ms"]), _num(r.get("torch_ms") and 1000 * r["torch_ms"]),
+             _num(r.get("torch_over_kernel"), ".2f"),
+             "yes" if r["matches_select_tokens"] and r.get("matches_torch", True) else "NO"] for r in rep["rows"]]
+    head = ["dtype", "batch", "tokens", "hidden", "kept", "kernels µs", "PyTorch µs", "PyTorch / kernels",
+            "outputs identical"]
+    return (f"{rep['gpu']}, {rep['nvcc']}, torch {rep['torch']}; {rep['what']}; mean of {rep['repeats']}\n\n"
+            + _table(head, rows))
+
+
 SECTIONS = [("accuracy_sweep.json", "Accuracy vs kept tokens", accuracy_sweep),
             ("accm_table.json", "ACCM compensation", accm),
             ("latency_tiny.json", "Latency, accm-tiny", latency),
@@ -133,7 +144,8 @@ SECTIONS = [("accuracy_sweep.json", "Accuracy vs kept tokens", accuracy_sweep),
             ("precision_tiny.json", "Precision, accm-tiny", precision),
             ("precision_standin2.json", "Precision, LLaVA-1.5-7B stand-in (2 decoder layers, random weights: "
                                         "no accuracy)", precision),
-            ("search.json", "Schedule search", search)]
+            ("search.json", "Schedule search", search),
+            ("plugin_kernel.json", "AccmTokenTopK CUDA kernels on a GPU (no TensorRT)", plugin_kernel)]
 
 
 def main() -> None:

@@ -13,14 +13,18 @@ import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    from accm.engines.gpu import gpu_available
+    from accm.engines.gpu import cuda_device_count, gpu_available
+    from accm.engines.plugin import nvcc
 
-    if gpu_available():
-        return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU and TensorRT")
+    skips = {}
+    if not gpu_available():
+        skips["gpu"] = pytest.mark.skip(reason="needs an NVIDIA GPU and TensorRT")
+    if cuda_device_count() == 0 or nvcc() is None:
+        skips["cuda"] = pytest.mark.skip(reason="needs an NVIDIA GPU and nvcc")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @functools.cache

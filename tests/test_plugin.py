@@ -69,3 +69,52 @@ def test_plugin_kernel_on_gpu_matches_select_tokens(tmp_path):
         expected = select_tokens(scores.astype(np.float32), 64)
         assert np.array_equal(kept_index, expected)
         assert np.array_equal(kept, np.take_along_axis(tokens, expected[..., None], 1))
+
+
+@pytest.mark.skipif(plugin.nvcc() is None, reason="nvcc not installed")
+def test_kernel_harness_compiles(tmp_path):
+    assert plugin.build_kernel_harness(tmp_path, archs=("87",)).stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def device_kernels(tmp_path_factory):
+    return plugin.KernelHarness(plugin.build_kernel_harness(tmp_path_factory.mktemp("harness")))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("n,k", [(576, 1), (576, 18), (576, 64), (576, 575), (576, 576), (2880, 144),
+                                 (plugin.MAX_TOKENS, 64)])
+def test_cuda_kernels_on_gpu_match_select_tokens(device_kernels, dtype, n, k):
+    rng = np.random.default_rng(n + k)
+    scores = (rng.integers(0, 8, size=(4, n)) / 8).astype(dtype)  # many ties
+    scores[0] = rng.random(n)  # and one row without
+    scores[1, :5] = [np.inf, -np.inf, -0.0, 0.0, 1e-45 if dtype == np.float32 else 6e-8]
+    tokens = rng.normal(size=(4, n, 96)).astype(dtype)
+    kept, kept_index, dropped, dropped_index, _ = device_kernels.run(scores, tokens, k)
+    expected = select_tokens(scores.astype(np.float32), k)
+    assert np.array_equal(kept_index, expected)
+    rest = np.stack([np.setdiff1d(np.arange(n), row) for row in expected])
+    assert np.array_equal(dropped_index, rest)
+    assert np.array_equal(kept, np.take_along_axis(tokens, expected[..., None], 1))
+    assert np.array_equal(dropped, np.take_along_axis(tokens, rest[..., None], 1))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cuda_kernels_put_nan_last_like_the_host_twin(device_kernels, dtype):
+    scores = np.array([[0.5, np.nan, 0.1, 0.9]], dtype=dtype)
+    _, kept_index, _, dropped_index, _ = device_kernels.run(scores, np.zeros((1, 4, 2), dtype), 3)
+    assert kept_index.tolist() == [[0, 2, 3]] and dropped_index.tolist() == [[1]]
+
+
+@pytest.mark.cuda
+def test_cuda_kernels_refuse_rows_longer_than_their_shared_memory(device_kernels):
+    scores = np.zeros((1, plugin.MAX_TOKENS + 1), np.float32)
+    with pytest.raises(RuntimeError, match="cudaError_t"):
+        device_kernels.run(scores, np.zeros((1, plugin.MAX_TOKENS + 1, 8), np.float32), 4)
+
+
+def test_python_knows_the_kernels_row_limit():
+    header = (plugin.plugin_dir() / "accmTokenTopKKernel.h").read_text()
+    assert f"kMaxTokens = {plugin.MAX_TOKENS};" in header

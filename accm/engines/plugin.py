@@ -22,6 +22,8 @@ PLUGIN_NAME = "AccmTokenTopK"
 PLUGIN_VERSION = "1"
 PLUGIN_DOMAIN = "accm"
 ARCHS = ("86", "87", "89", "90")
+#: kMaxTokens in accmTokenTopKKernel.h: the longest row the selection kernel takes
+MAX_TOKENS = 8192
 
 
 def plugin_dir() -> Path:
@@ -111,8 +113,55 @@ def build_plugin_library(out_dir: Path, tensorrt_include: Path, tensorrt_lib: Pa
     """nvcc-build ``libaccm_token_topk.so`` (needs TensorRT headers; links libnvinfer if given)."""
     src = plugin_dir()
     out = Path(out_dir) / "libaccm_token_topk.so"
-    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     link = [f"-L{tensorrt_lib}", "-lnvinfer"] if tensorrt_lib else []
     _run([nvcc() or "nvcc", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", f"-I{tensorrt_include}",
-          str(src / "accmTokenTopKPlugin.cpp"), str(src / "accmTokenTopKKernel.cu"), "-o", str(out), *gencode, *link])
+          str(src / "accmTokenTopKPlugin.cpp"), str(src / "accmTokenTopKKernel.cu"), "-o", str(out),
+          *_gencode(archs), *link])
     return out
+
+
+def _gencode(archs) -> list[str]:
+    """SASS for each architecture, plus PTX of the newest so newer GPUs can JIT it."""
+    return [*(f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs),
+            f"-gencode=arch=compute_{max(archs)},code=compute_{max(archs)}"]
+
+
+def build_kernel_harness(out_dir: Path, archs=ARCHS) -> Path:
+    """nvcc-build the kernels with a plain C entry point (no TensorRT), to run them on a GPU."""
+    src = plugin_dir()
+    out = Path(out_dir) / "libaccm_token_topk_harness.so"
+    _run([nvcc() or "nvcc", "-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC",
+          str(src / "kernelHarness.cu"), str(src / "accmTokenTopKKernel.cu"), "-o", str(out), *_gencode(archs)])
+    return out
+
+
+class KernelHarness:
+    """ctypes wrapper of ``accm_token_topk_device``: the CUDA select + gathers on real GPU memory."""
+
+    _TYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
+
+    def __init__(self, library: Path):
+        fn = ctypes.CDLL(str(library)).accm_token_topk_device
+        fn.restype = ctypes.c_int32
+        fn.argtypes = [ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int32] * 4,
+                       *[ctypes.c_void_p] * 4, ctypes.c_int32, ctypes.POINTER(ctypes.c_float)]
+        self.fn = fn
+
+    def run(self, scores: np.ndarray, tokens: np.ndarray, k: int, repeats: int = 0):
+        """(kept, kept_index, discarded, discarded_index, ms per call or None) for [B, N] scores and
+        [B, N, D] tokens of one dtype; ``repeats`` > 0 also times select + gathers on the device."""
+        if scores.dtype != tokens.dtype or scores.dtype not in self._TYPES:
+            raise ValueError("scores and tokens must both be float32 or both float16")
+        scores, tokens = np.ascontiguousarray(scores), np.ascontiguousarray(tokens)
+        (b, n), dim = scores.shape, tokens.shape[-1]
+        kept_index = np.zeros((b, k), np.int32)
+        discarded_index = np.zeros((b, n - k), np.int32)
+        kept = np.zeros((b, k, dim), tokens.dtype)
+        discarded = np.zeros((b, n - k, dim), tokens.dtype)
+        ms = ctypes.c_float(0.0)
+        err = self.fn(self._TYPES[scores.dtype], scores.ctypes.data, tokens.ctypes.data, b, n, dim, k,
+                      kept_index.ctypes.data, discarded_index.ctypes.data, kept.ctypes.data,
+                      discarded.ctypes.data, repeats, ctypes.byref(ms))
+        if err != 0:
+            raise RuntimeError(f"accm_token_topk_device failed with cudaError_t {err}")
+        return kept, kept_index, discarded, discarded_index, (ms.value if repeats > 0 else None)

@@ -69,10 +69,10 @@ __global__ void gatherKernel(T const* tokens, int32_t n, int32_t dim, int32_t co
     }
 }
 
-int32_t threadsFor(int32_t work)
+int32_t threadsFor(int32_t work, int32_t cap)
 {
     int32_t threads = 32;
-    while (threads < work && threads < 256)
+    while (threads < work && threads < cap)
     {
         threads *= 2;
     }
@@ -93,7 +93,8 @@ cudaError_t launchTokenSelect(ElementType scoreType, void const* scores, int32_t
         return cudaSuccess;
     }
     size_t const shared = static_cast<size_t>(n) * (sizeof(float) + sizeof(uint8_t));
-    int32_t const threads = threadsFor(n);
+    // Each thread ranks its elements against the whole row (O(n) each): use the most threads.
+    int32_t const threads = threadsFor(n, 1024);
     if (scoreType == ElementType::kFLOAT)
     {
         selectKernel<float><<<batch, threads, shared, stream>>>(
@@ -114,7 +115,7 @@ cudaError_t launchTokenGather(ElementType tokenType, void const* tokens, int32_t
     {
         return cudaSuccess;
     }
-    int32_t const threads = threadsFor(dim);
+    int32_t const threads = threadsFor(dim, 256);
     if (tokenType == ElementType::kFLOAT)
     {
         gatherKernel<float><<<batch * m, threads, 0, stream>>>(
