@@ -22,6 +22,17 @@ def bench(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "accm.cli.bench", "latency", *args, "--quiet"], check=True)
 
 
+def standin(work: Path) -> str:
+    """The 4-layer LLaVA-1.5-7B stand-in, built once into ``work``."""
+    if not any(work.glob("*.safetensors")):  # a half-written directory has config.json only
+        from accm.models.standin import llava_15_standin
+
+        model, proc = llava_15_standin(num_layers=4, seed=0)
+        model.save_pretrained(work)
+        proc.save_pretrained(work)
+    return str(work)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
@@ -29,25 +40,26 @@ def main() -> None:
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--skip-standin", action="store_true")
     ap.add_argument("--repeat", default="5")
+    ap.add_argument("--shared-weights", action="store_true",
+                    help="only: the stand-in's fp32 bundles with and without --share-weights (memory vs speed)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.shared_weights:
+        model = standin(Path(args.work))
+        for mode, extra in (("plain", ()), ("shared", ("--share-weights",))):
+            bench("--model", model, "--vision-keep", "all", "64", "--precision", "fp32", "--no-peers",
+                  "--repeat", args.repeat, "--warmup", "1", *extra,
+                  "--json", str(out / f"latency_standin4_{mode}.json"))
+        return
     if not args.skip_tiny:
         bench("--model", "accm-tiny", "--vision-keep", "all", "192", "128", "64", "32", "18",
               "--schedule", "none", "fastv:2:64", "--precision", "fp32", "int8-cpu", "--repeat", args.repeat,
               "--json", str(out / "latency_tiny.json"), "--csv", str(out / "latency_tiny.csv"),
               "--plot", str(out / "latency_tiny.png"))
     if not args.skip_standin:
-        work = Path(args.work)
-        if not any(work.glob("*.safetensors")):  # a half-written directory has config.json only
-            from accm.models.standin import llava_15_standin
-
-            model, proc = llava_15_standin(num_layers=4, seed=0)
-            model.save_pretrained(work)
-            proc.save_pretrained(work)
-            del model
-        bench("--model", str(work), "--vision-keep", "all", "64", "18", "--schedule", "none", "fastv:2:64",
-              "--precision", "fp32", "--repeat", args.repeat, "--warmup", "1",
+        bench("--model", standin(Path(args.work)), "--vision-keep", "all", "64", "18",
+              "--schedule", "none", "fastv:2:64", "--precision", "fp32", "--repeat", args.repeat, "--warmup", "1",
               "--json", str(out / "latency_standin4.json"), "--csv", str(out / "latency_standin4.csv"),
               "--plot", str(out / "latency_standin4.png"))
 

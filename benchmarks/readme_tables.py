@@ -126,6 +126,21 @@ def search(rep: dict) -> str:
             f"{rep['trials']} BO trials per P-Sigmoid; {_machine(rep['machine'])}\n\n" + _table(head, rows))
 
 
+def shared_weights(plain: dict, shared: dict) -> str:
+    rows = []
+    for a, b in zip(plain["results"], shared["results"]):
+        da, db = a["decode_ms_per_token"]["median"], b["decode_ms_per_token"]["median"]
+        rows.append([str(a["vision_keep"] or "all"), "yes" if b["shared_weights"] else "NO (not applied)",
+                     f"{a['peak_rss_mb']:.0f}", f"{b['peak_rss_mb']:.0f}", _pct(b["peak_rss_mb"] / a["peak_rss_mb"]),
+                     _num(a["stages_ms"]["ttft"]["median"], ".0f"), _num(b["stages_ms"]["ttft"]["median"], ".0f"),
+                     _num(da), _num(db)])
+    head = ["kept", "shared", "peak RSS MB plain", "shared", "shared / plain %", "TTFT ms plain", "shared",
+            "decode ms/tok plain", "shared"]
+    c = plain["config"]
+    return (f"{plain['model']}, fp32, ONNX Runtime CPU, median of {c['repeat']}; {_machine(plain['machine'])}\n\n"
+            + _table(head, rows))
+
+
 def plugin_kernel(rep: dict) -> str:
     rows = [[r["dtype"], str(r["batch"]), str(r["tokens"]), str(r["hidden"]), str(r["kept"]),
              _num(1000 * r["kernel_ms"]), _num(r.get("torch_ms") and 1000 * r["torch_ms"]),
@@ -144,6 +159,8 @@ SECTIONS = [("accuracy_sweep.json", "Accuracy vs kept tokens", accuracy_sweep),
             ("precision_tiny.json", "Precision, accm-tiny", precision),
             ("precision_standin2.json", "Precision, LLaVA-1.5-7B stand-in (2 decoder layers, random weights: "
                                         "no accuracy)", precision),
+            (("latency_standin4_plain.json", "latency_standin4_shared.json"),
+             "One copy of the LLM weights for prefill and decode (--share-weights), 7B stand-in", shared_weights),
             ("search.json", "Schedule search", search),
             ("plugin_kernel.json", "AccmTokenTopK CUDA kernels on a GPU (no TensorRT)", plugin_kernel)]
 
@@ -152,10 +169,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="benchmarks/results")
     args = ap.parse_args()
-    for name, title, fmt in SECTIONS:
-        path = Path(args.results) / name
+    for names, title, fmt in SECTIONS:
+        paths = [Path(args.results) / n for n in ((names,) if isinstance(names, str) else names)]
+        missing = [str(p) for p in paths if not p.exists()]
         print(f"### {title}\n")
-        print(fmt(json.loads(path.read_text())) if path.exists() else f"(not measured: {path} is missing)")
+        print(f"(not measured: {', '.join(missing)} missing)" if missing
+              else fmt(*(json.loads(p.read_text()) for p in paths)))
         print()
 
 

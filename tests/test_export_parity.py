@@ -132,3 +132,31 @@ def test_standin_7b_shapes_bundle_matches_reference(standin2, tmp_path_factory):
         with torch.no_grad():
             assert_parity(model, proc, path, keep, sched, images, prompts, batch=2, new_tokens=3)
         shutil.rmtree(path)
+
+
+def test_prefill_and_decode_sessions_share_one_mapped_copy_of_the_weights(tiny_bundles):
+    import json
+
+    import onnx
+
+    bundle = tiny_bundles[2]["full"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    decode = onnx.load(str(bundle / "llm_decode.onnx"), load_external_data=False)
+    external = {i.name for i in decode.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL}
+    table = manifest["shared_weights"]
+    assert external and {e["names"]["llm_decode"] for e in table} == external  # every decoder weight
+    pipe = Pipeline(bundle, share_weights=True)
+    assert pipe.shared_weights
+    prefill, dec = pipe.prefill.initializers, pipe.decode.initializers
+    data = np.memmap(bundle / "llm_prefill.onnx.data", dtype=np.uint8, mode="r")
+    for entry in table:
+        a, b = prefill[entry["names"]["llm_prefill"]], dec[entry["names"]["llm_decode"]]
+        assert a is b and a.numpy().tobytes() == data[entry["offset"]:entry["offset"] + entry["length"]].tobytes()
+    images = [shapes.render_scene("test", i).pil() for i in range(3)]
+    prompts = ["what color is the star ?", "how many circles are there ?", "describe the picture"]
+    plain = Pipeline(bundle)
+    assert not plain.shared_weights and plain.prefill.initializers is None
+    assert np.allclose(_prefill_logits(pipe, images, prompts), _prefill_logits(plain, images, prompts), atol=1e-5)
+    shared_answers = pipe.generate(images, prompts, 6, ignore_eos=True)
+    plain_answers = plain.generate(images, prompts, 6, ignore_eos=True)
+    assert [a.token_ids for a in shared_answers] == [a.token_ids for a in plain_answers]

@@ -148,7 +148,8 @@ def _copy(bundle, tmp_path):
     return dst
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated", "altered", "newer", "no_manifest", "bad_json"])
+@pytest.mark.parametrize("damage", ["missing", "truncated", "altered", "newer", "no_manifest", "bad_json",
+                                    "shared_outside", "shared_malformed"])
 def test_damaged_bundles_are_refused(bundle, tmp_path, capsys, damage):
     b = _copy(bundle, tmp_path)
     img = _good_images(tmp_path)["rgb.jpg"]
@@ -165,12 +166,19 @@ def test_damaged_bundles_are_refused(bundle, tmp_path, capsys, damage):
         m = json.loads((b / "manifest.json").read_text())
         m["format_version"] = 99
         (b / "manifest.json").write_text(json.dumps(m))
+    elif damage.startswith("shared"):
+        m = json.loads((b / "manifest.json").read_text())
+        if damage == "shared_outside":
+            m["shared_weights"][0]["offset"] = target.stat().st_size
+        else:
+            del m["shared_weights"][0]["names"]
+        (b / "manifest.json").write_text(json.dumps(m))
     elif damage == "no_manifest":
         (b / "manifest.json").unlink()
     else:
         (b / "manifest.json").write_text("{not json")
     before = sorted(p.name for p in b.iterdir())
-    err = _one_line_error(capsys, _run(b, img))
+    err = _one_line_error(capsys, _run(b, img, extra=("--share-weights",)))
     assert "bundle" in err or "manifest" in err
     assert sorted(p.name for p in b.iterdir()) == before  # nothing written
 

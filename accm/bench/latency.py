@@ -92,13 +92,13 @@ def _bench_input(image_path: str | None, prompt: str | None):
 
 
 def measure_bundle(bundle: str, provider: str, warmup: int, repeat: int, new_tokens: int, image: str | None,
-                   prompt: str | None) -> dict:
+                   prompt: str | None, share_weights: bool = False) -> dict:
     """Latency of one bundle through the runtime (in this process)."""
     from ..runtime.pipeline import Pipeline
 
     img, text = _bench_input(image, prompt)
     t0 = time.perf_counter()
-    pipe = Pipeline(bundle, provider=provider)
+    pipe = Pipeline(bundle, provider=provider, share_weights=share_weights)
     load_s = time.perf_counter() - t0
     runs = []
     for i in range(warmup + repeat):
@@ -108,7 +108,8 @@ def measure_bundle(bundle: str, provider: str, warmup: int, repeat: int, new_tok
     m = pipe.manifest
     out = {"kind": "bundle", "bundle": str(bundle), "provider": provider, "precision": m["precision"],
            "vision_keep": m["pruning"]["vision_keep"], "schedule": m["pruning"]["schedule"],
-           "accm": "accm" in m, "prompt_tokens": ans.counts["prompt_tokens"], "load_s": round(load_s, 3)}
+           "accm": "accm" in m, "shared_weights": pipe.shared_weights, "prompt_tokens": ans.counts["prompt_tokens"],
+           "load_s": round(load_s, 3)}
     out.update(_summarise(runs, new_tokens))
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     out["gpu_memory_mb"] = gpu_memory_mb()

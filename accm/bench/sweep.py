@@ -19,7 +19,8 @@ def _name(r: dict) -> str:
         return r["kind"] + ("" if sched == "none" else f" {sched}")
     sched = Schedule.from_json(r["schedule"]).spec() if isinstance(r["schedule"], dict) else r["schedule"]
     keep = r["vision_keep"] or "all"
-    return f"accm {r['precision']} keep={keep} {sched}" + (" +accm" if r.get("accm") else "")
+    return (f"accm {r['precision']} keep={keep} {sched}" + (" +accm" if r.get("accm") else "")
+            + (" shared" if r.get("shared_weights") else ""))
 
 
 def _flops_ratio(config, r: dict) -> float:
@@ -33,14 +34,15 @@ def _flops_ratio(config, r: dict) -> float:
 def latency_sweep(model: str | None, bundles: list[str], keeps: list[int | None], schedules: list[str],
                   precisions: list[str], provider: str = "cpu", warmup: int = 2, repeat: int = 5,
                   new_tokens: int = 16, peers: bool = True, image: str | None = None, prompt: str | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, share_weights: bool = False) -> dict:
     from transformers import AutoConfig
 
     from ..export.default import ensure_bundle
     from ..models.registry import resolve
 
     common = {"warmup": warmup, "repeat": repeat, "new_tokens": new_tokens, "image": image, "prompt": prompt}
-    targets = [("bundle", {"bundle": str(b), "provider": provider, **common}) for b in bundles]
+    targets = [("bundle", {"bundle": str(b), "provider": provider, "share_weights": share_weights, **common})
+               for b in bundles]
     if model is not None or not bundles:
         configs = [(p, k, s) for p in precisions for k in keeps for s in schedules]
         for p in precisions:  # the full-token baseline of each precision, for speedups
@@ -50,7 +52,8 @@ def latency_sweep(model: str | None, bundles: list[str], keeps: list[int | None]
             options = {"precision": p, "vision_keep": k, "schedule": Schedule.parse(s).to_json(), "score_layer": None,
                        "target": "ort", "accm": False, "accm_dir": None, "calib_dir": None, "calib_samples": 32}
             path = ensure_bundle(model, options, progress=False)
-            targets.append(("bundle", {"bundle": str(path), "provider": provider, **common}))
+            targets.append(("bundle", {"bundle": str(path), "provider": provider, "share_weights": share_weights,
+                                        **common}))
         if peers:
             fastv = next((s for s in schedules if s.startswith("fastv")), "fastv:2:64")
             for kind, sched in (("hf-eager", "none"), ("hf-sdpa", "none"), ("reference", "none"),
@@ -68,7 +71,8 @@ def latency_sweep(model: str | None, bundles: list[str], keeps: list[int | None]
     _ratios(results)
     return {"machine": machine(), "model": source.name if source else None,
             "config": {"provider": provider, "warmup": warmup, "repeat": repeat, "new_tokens": new_tokens,
-                       "keeps": keeps, "schedules": schedules, "precisions": precisions, "peers": peers},
+                       "keeps": keeps, "schedules": schedules, "precisions": precisions, "peers": peers,
+                       "share_weights": share_weights},
             "results": results, "ratios": _peer_ratios(results)}
 
 

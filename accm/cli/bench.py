@@ -49,7 +49,8 @@ def _latency(args) -> int:
     report = latency_sweep(args.model, args.bundle or [], _keep_list(args.vision_keep), args.schedule,
                            args.precision, args.provider, args.warmup, args.repeat, args.max_new_tokens,
                            peers=not args.no_peers and (args.model is not None or not args.bundle),
-                           image=args.image, prompt=args.prompt, progress=not args.quiet)
+                           image=args.image, prompt=args.prompt, progress=not args.quiet,
+                           share_weights=args.share_weights)
     save(report, args.json, args.csv, args.plot)
     print(f"{'configuration':46s} {'prefill ms':>10s} {'TTFT ms':>9s} {'decode ms/tok':>13s} "
           f"{'RSS MB':>8s} {'FLOPs ratio':>11s} {'speedup':>8s}")
@@ -114,6 +115,8 @@ def build_parser() -> Parser:
     lat.add_argument("--repeat", type=int, default=5)
     lat.add_argument("--max-new-tokens", type=int, default=16, help="decode steps per run (EOS ignored)")
     lat.add_argument("--no-peers", action="store_true", help="skip transformers and PyTorch-reference peers")
+    lat.add_argument("--share-weights", action="store_true",
+                     help="run bundles as accm-run --share-weights does (fp32 on cpu: one copy of the LLM weights)")
     lat.add_argument("--image", default=None, help="input image (default: a ShapesVQA test scene)")
     lat.add_argument("--prompt", default=None)
     lat.add_argument("--json", default=None, metavar="FILE")

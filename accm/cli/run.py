@@ -28,12 +28,12 @@ def _run(args) -> int:
         bundle = ensure_bundle(args.model, bundle_options(args), progress=not args.json)
     else:
         bundle = args.bundle
-    pipe = Pipeline(bundle, provider=args.provider)
+    pipe = Pipeline(bundle, provider=args.provider, share_weights=args.share_weights)
     if args.json:
         ans = pipe.generate([image], [args.prompt], args.max_new_tokens)[0]
         print(json.dumps({"answer": ans.text, "caption": ans.caption, "tokens": ans.counts,
                           "times_ms": ans.timings_ms,
-                          "bundle": str(bundle), "provider": args.provider,
+                          "bundle": str(bundle), "provider": args.provider, "shared_weights": pipe.shared_weights,
                           "pruning": {k: pipe.manifest["pruning"][k] for k in ("vision_keep", "schedule")}},
                          indent=1))
         return 0
@@ -66,6 +66,9 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print answer, token counts and per-stage times as JSON")
     p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
     p.add_argument("--accm", action="store_true", help="default bundle with ACCM compensation (needs --vision-keep)")
+    p.add_argument("--share-weights", action="store_true",
+                   help="map the LLM weights once for prefill and decode: fp32 bundles on the cpu provider "
+                        "(~40%% less memory, ~10%% slower prefill); no effect otherwise")
     p.set_defaults(func=_run)
     return p
 

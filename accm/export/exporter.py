@@ -32,7 +32,7 @@ from .graphs import (
     SelectorStage,
     VisionStage,
 )
-from .onnx_io import export_module, share_weights
+from .onnx_io import export_module, share_weights, shared_weight_table
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
 TARGETS = ("ort", "trt")
@@ -189,6 +189,7 @@ def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrit
             info["precision_detail"] = convert_precision(scratch, tmp, stages, config, progress)
             processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
             shutil.rmtree(scratch)
+        info["shared_weights"] = shared_weight_table(tmp, ["llm_prefill", "llm_decode"])
         result = manifest.write_manifest(tmp, info)
     return result
 

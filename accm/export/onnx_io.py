@@ -100,3 +100,31 @@ def share_weights(primary: Path, secondary: Path) -> int:
     os.replace(tmp, own_data)
     onnx.save(model, str(secondary))
     return saved
+
+
+def shared_weight_table(root: Path, stages: list[str]) -> list[dict]:
+    """External tensors that several stage graphs read from the same bytes of one data file.
+
+    The runtime maps each once and hands it to every session that uses it (its name differs per
+    graph), so a bundle's shared weights are held in memory once. Tensors numpy cannot view
+    (e.g. bfloat16) are left out; their sessions load them as usual.
+    """
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    by_bytes: dict[tuple, dict] = {}
+    for stage in stages:
+        model = onnx.load(str(Path(root) / f"{stage}.onnx"), load_external_data=False)
+        for init in model.graph.initializer:
+            if init.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = _external_info(init)
+            key = (info["location"], int(info.get("offset", 0)), int(info["length"]))
+            try:
+                dtype = tensor_dtype_to_np_dtype(init.data_type).name
+            except (KeyError, TypeError):
+                continue
+            entry = by_bytes.setdefault(key, {"file": key[0], "offset": key[1], "length": key[2], "dtype": dtype,
+                                               "shape": list(init.dims), "names": {}})
+            entry["names"][stage] = init.name
+    return [e for e in by_bytes.values() if len(e["names"]) > 1 and e["dtype"] != "object"]

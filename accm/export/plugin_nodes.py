@@ -91,5 +91,9 @@ def standard_bundle(src: Path, dst: Path) -> Path:
     for key in ("files", "bundle_digest", "format", "format_version"):
         manifest.pop(key, None)
     manifest["target"] = "ort"
+    if "shared_weights" in manifest:  # re-saved graphs read new files
+        from .onnx_io import shared_weight_table
+
+        manifest["shared_weights"] = shared_weight_table(dst, ["llm_prefill", "llm_decode"])
     write_manifest(dst, manifest)
     return dst

@@ -16,7 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..data.preprocess import ImageSpec, preprocess
-from ..engines.ort import open_bundle_stages
+from ..engines.ort import open_bundle_stages, shares_weights
 from ..errors import InputError
 from ..manifest import load_manifest
 from ..models.prompt import build_prompt_ids, left_pad, split_at_image
@@ -41,7 +41,8 @@ def _ms(t0: float) -> float:
 
 
 class Pipeline:
-    def __init__(self, bundle: str | Path, provider: str = "cpu", verify: bool = True, threads: int | None = None):
+    def __init__(self, bundle: str | Path, provider: str = "cpu", verify: bool = True, threads: int | None = None,
+                 share_weights: bool = False):
         self.root = Path(bundle)
         self.manifest = load_manifest(self.root, verify=verify)
         m = self.manifest
@@ -53,7 +54,8 @@ class Pipeline:
         self.prune_points = sorted(int(k) for k in m["pruning"]["prune_points"])
         self.tokenizer = Tokenizer.from_file(str(self.root / m["tokenizer"]))
         self.provider = provider
-        stages = open_bundle_stages(self.root, m, provider, threads)
+        stages = open_bundle_stages(self.root, m, provider, threads, share_weights)
+        self.shared_weights = share_weights and shares_weights(m, provider)
         self.vision = stages["vision"]
         self.embed = stages["embed"]
         self.prefill = stages["llm_prefill"]
