@@ -68,12 +68,13 @@ def shares_weights(manifest: dict, provider: str) -> bool:
 def open_bundle_stages(root: Path, manifest: dict, provider: str = "cpu", threads: int | None = None,
                        share_weights: bool = False) -> dict:
     """A runner per bundle stage: ONNX Runtime sessions, or TensorRT engines for ``tensorrt``.
-    ``share_weights``: prefill and decode map their common weights once (see ``shares_weights``)."""
+    ``share_weights``: prefill and decode map their common weights once (callers decide it with
+    ``shares_weights``)."""
     if provider == "tensorrt":
         from .trt import open_stages
 
         return open_stages(Path(root), manifest)
-    shared = shared_initializers(Path(root), manifest) if share_weights and shares_weights(manifest, provider) else {}
+    shared = shared_initializers(Path(root), manifest) if share_weights else {}
     return {name: OrtStage(Path(root) / info["file"], provider, threads, shared.get(name))
             for name, info in manifest["stages"].items()}
 

@@ -44,6 +44,15 @@ def _external_info(tensor) -> dict:
     return {e.key: e.value for e in tensor.external_data}
 
 
+def _external_initializers(model):
+    """(initializer, its external-data fields) for each initializer stored outside the graph."""
+    import onnx
+
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            yield init, _external_info(init)
+
+
 def _point(tensor, location: str, offset: int, length: int) -> None:
     """Re-point an external initializer (no raw data is loaded or copied)."""
     del tensor.external_data[:]
@@ -63,10 +72,7 @@ def share_weights(primary: Path, secondary: Path) -> int:
     def index(model_path: Path):
         model = onnx.load(str(model_path), load_external_data=False)
         out = {}
-        for init in model.graph.initializer:
-            if init.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            info = _external_info(init)
+        for init, info in _external_initializers(model):
             data_path = model_path.parent / info["location"]
             with open(data_path, "rb") as f:
                 f.seek(int(info.get("offset", 0)))
@@ -115,10 +121,7 @@ def shared_weight_table(root: Path, stages: list[str]) -> list[dict]:
     by_bytes: dict[tuple, dict] = {}
     for stage in stages:
         model = onnx.load(str(Path(root) / f"{stage}.onnx"), load_external_data=False)
-        for init in model.graph.initializer:
-            if init.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            info = _external_info(init)
+        for init, info in _external_initializers(model):
             key = (info["location"], int(info.get("offset", 0)), int(info["length"]))
             try:
                 dtype = tensor_dtype_to_np_dtype(init.data_type).name

@@ -54,8 +54,8 @@ class Pipeline:
         self.prune_points = sorted(int(k) for k in m["pruning"]["prune_points"])
         self.tokenizer = Tokenizer.from_file(str(self.root / m["tokenizer"]))
         self.provider = provider
-        stages = open_bundle_stages(self.root, m, provider, threads, share_weights)
         self.shared_weights = share_weights and shares_weights(m, provider)
+        stages = open_bundle_stages(self.root, m, provider, threads, self.shared_weights)
         self.vision = stages["vision"]
         self.embed = stages["embed"]
         self.prefill = stages["llm_prefill"]
