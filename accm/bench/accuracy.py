@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from ..data import shapes
 from ..data.answers import normalise
+from ..data.baselines import blind_answers
 from ..pruning.schedule import Schedule
+from .stats import wilson_interval
 
 CAPTION_MODES = ("selected", "random", "oracle", "none")
 
@@ -140,7 +142,11 @@ def evaluate(answer, n: int = 500, seed: int = 0, batch_size: int = 16, max_new_
     out = {
         "n": len(samples), "seed": seed, "split": split,
         "accuracy": float(np.mean(flat)),
+        "ci95": interval(flat),
         "per_family": {f: float(np.mean(v)) for f, v in sorted(hits.items())},
+        "per_family_ci95": {f: interval(v) for f, v in sorted(hits.items())},
+        "per_family_n": {f: len(v) for f, v in sorted(hits.items())},
+        "blind_baselines": blind_baselines(samples),
         "kept_on_object": float(np.mean(on_object_vision)),
         "elapsed_s": round(time.time() - t0, 2),
         "backend": answer.backend,
@@ -148,4 +154,22 @@ def evaluate(answer, n: int = 500, seed: int = 0, batch_size: int = 16, max_new_
     }
     if on_object_llm:
         out["llm_kept_on_object"] = float(np.mean(on_object_llm))
+    return out
+
+
+def interval(hits) -> list[float]:
+    """The 95 % Wilson interval of a list of hits."""
+    lo, hi = wilson_interval(int(np.sum(hits)), len(hits))
+    return [round(lo, 4), round(hi, 4)]
+
+
+def blind_baselines(samples) -> dict:
+    """What the image-blind answerers (fitted on train frequencies only) score on these questions."""
+    out = {}
+    for name, answers in blind_answers(samples).items():
+        hits = [a == s.answer for a, s in zip(answers, samples)]
+        fams = sorted({s.family for s in samples})
+        out[name] = {"accuracy": float(np.mean(hits)), "ci95": interval(hits),
+                     "per_family": {f: float(np.mean([h for h, s in zip(hits, samples) if s.family == f]))
+                                    for f in fams}}
     return out

@@ -31,9 +31,16 @@ def _accuracy(args) -> int:
     else:
         print(f"{result['model']}  vision_keep={result['vision_keep']}  schedule={result['schedule']}  "
               f"accm={result.get('accm')}  n={result['n']}  backend={result['backend']}")
-        for fam, acc in result["per_family"].items():
-            print(f"  {fam:10s} {acc:6.3f}")
-        print(f"  {'overall':10s} {result['accuracy']:6.3f}   kept tokens on objects: {result['kept_on_object']:.3f}")
+        blind = result["blind_baselines"]
+        names = list(blind)
+        print(f"  {'family':10s} {'accuracy':>8s} {'95% interval':>15s}   " + "  ".join(f"{n:>15s}" for n in names))
+        rows = [(f, acc, result["per_family_ci95"][f], [blind[n]["per_family"].get(f) for n in names])
+                for f, acc in result["per_family"].items()]
+        rows.append(("overall", result["accuracy"], result["ci95"], [blind[n]["accuracy"] for n in names]))
+        for fam, acc, (lo, hi), base in rows:
+            print(f"  {fam:10s} {acc:8.3f}    [{lo:.3f}, {hi:.3f}]   " + "  ".join(f"{b:15.3f}" for b in base))
+        print(f"  blind baselines fitted on train-split frequencies; kept tokens on objects: "
+              f"{result['kept_on_object']:.3f}")
     return 0
 
 
