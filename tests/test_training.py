@@ -1,4 +1,5 @@
-"""accm-train base: the accm-tiny recipe, a few steps on a tiny configuration; the loss falls."""
+"""accm-train base: the accm-tiny recipe, a few steps on a tiny configuration; the loss falls,
+gates move the curriculum on, and a finished run resumes to nothing."""
 
 import json
 
@@ -6,21 +7,26 @@ from accm.models.tiny import TinySizes
 from accm.train.base import BaseRecipe, train_base
 
 
-def _losses(path):
-    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+def _log(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_recipe_trains_and_resumes(tmp_path):
     sizes = TinySizes(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=48, text_layers=2,
                       text_heads=2, text_intermediate=96)
-    recipe = BaseRecipe(sizes=sizes, n_train_scenes=24, n_val_scenes=8, vision_steps=16, vision_batch=4,
-                        text_steps=16, text_batch=4, llm_steps=16, llm_batch=4, questions_per_image=4,
-                        eval_every=8, vision_log_every=8, vision_lr=3e-3, text_lr=3e-3, llm_lr=3e-3)
+    recipe = BaseRecipe(sizes=sizes, n_train_scenes=24, n_val_scenes=8, vision_max_steps=16, vision_batch=4,
+                        vision_decay_steps=4, llm_max_steps=16, llm_decay_steps=4, llm_batch=4,
+                        questions_per_image=4, eval_every=8, eval_scenes=8, vision_log_every=8,
+                        vision_lr=3e-3, llm_lr=3e-3)
     work, out = tmp_path / "work", tmp_path / "out"
-    train_base(work, out, recipe)
-    for log in ("vision_log.jsonl", "text_log.jsonl", "llm_log.jsonl"):
-        losses = _losses(work / log)
-        assert len(losses) == 2 and losses[-1] < losses[0], (log, losses)
+    summary = train_base(work, out, recipe)
+    vision = _log(work / "vision_log.jsonl")
+    assert len(vision) == 2 and vision[-1]["loss"] < vision[0]["loss"]
+    assert vision[-1]["gate_passed_at"] is None  # 16 steps do not make a vision tower
+    llm = _log(work / "llm_log.jsonl")
+    assert [r["step"] for r in llm] == [8, 16] and llm[0]["level"] == "few"
+    assert {"full_acc", "view_acc", "full_acc_colour"} <= set(llm[0])
+    assert summary["llm"]["final_gate_reached"] is False  # a cap, reported as one
     from transformers import LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(out)  # a plain HF checkpoint
@@ -29,4 +35,4 @@ def test_recipe_trains_and_resumes(tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in work.glob("*.pt")}
     train_base(work, out, recipe)
     assert {p.name: p.stat().st_mtime_ns for p in work.glob("*.pt")} == before
-    assert len(_losses(work / "llm_log.jsonl")) == 2
+    assert len(_log(work / "llm_log.jsonl")) == 2

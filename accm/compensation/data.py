@@ -1,6 +1,7 @@
 """Training data for ACCM: (image, question) pairs and (image, caption) pairs.
 
-Either the built-in ShapesVQA training split (rendered on the fly) or the user's JSONL files:
+Either the built-in ShapesVQA training split (rendered on the fly; its caption target is a
+function of the kept patches) or the user's JSONL files:
 ``{"image": path, "question": text}`` per line for stage 2 and ``{"image": path, "caption":
 text}`` for stage 1 (relative paths resolve against the file's directory). No labels are read
 in stage 2: an ``answer`` field, if present, is ignored.
@@ -19,7 +20,10 @@ from ..runtime.inputs import load_image
 
 
 class ShapesSource:
-    """ShapesVQA's train split: scene i gives one image, its generic caption and questions."""
+    """ShapesVQA's train split: scene i gives one image, a question and, for stage 1, the
+    question-aware caption target: the discarded objects the question needs, in the names the
+    questions use. What is discarded depends on the model's own kept tokens, so the target is a
+    function of the kept patch indices."""
 
     def __init__(self, n_scenes: int = 16000, split: str = "train"):
         self.n = n_scenes
@@ -30,20 +34,25 @@ class ShapesSource:
 
     def caption_sample(self, i: int, rng: np.random.Generator):
         scene = shapes.render_scene(self.split, i)
-        question = _random_question(scene, rng) if rng.random() < 0.5 else ""
-        return scene.pil(), question, shapes.describe_scene(scene)
+        q = _random_question(scene, rng)
+
+        def target(kept_index) -> str:
+            seen = shapes.objects_touched(scene.objects, scene.patch_object, kept_index)
+            discarded = [o for o in scene.objects if o not in seen]
+            return shapes.describe_objects(shapes.relevant_objects(q.key, discarded))
+
+        return scene.pil(), q.question, target
 
     def question_sample(self, i: int, rng: np.random.Generator):
         scene = shapes.render_scene(self.split, i)
-        return scene.pil(), _random_question(scene, rng)
+        return scene.pil(), _random_question(scene, rng).question
 
 
-def _random_question(scene, rng) -> str:
-    for _ in range(20):
-        q = shapes.ask(scene, shapes.FAMILIES[int(rng.integers(len(shapes.FAMILIES)))], rng)
-        if q is not None:
-            return q.question
-    return ""
+def _random_question(scene, rng) -> shapes.Question:
+    family = shapes.FAMILIES[int(rng.integers(len(shapes.FAMILIES)))]
+    while (q := shapes.ask(scene.objects, family, rng)) is None:  # None only for a count above 12
+        pass
+    return q
 
 
 class JsonlSource:

@@ -1,7 +1,8 @@
 """``accm-train accm``: train the caption model and the selector for any LLaVA-1.5 checkpoint.
 
-Stage 1, caption pretraining: discarded tokens (after vision-side pruning to K) + an optional
-question → a generic scene description (the role COCO captions play in the paper).
+Stage 1, caption pretraining: discarded tokens (after vision-side pruning to K) + the question
+→ a caption (on ShapesVQA: the discarded objects the question needs; from a JSONL file: the
+user's caption, the role COCO captions play in the paper).
 Stage 2, self-supervised and label-free (ACCM §1.6 of the research notes): Q = the full-token
 model's distribution on its own greedy answer; for each beam candidate m, P_m = the K-token
 model with caption m spliced in, teacher-forced on the same answer; m* = argmin KL(Q‖P_m);
@@ -107,7 +108,8 @@ def train_stage1(lm, caption: CaptionModel, source, recipe: AccmRecipe, work: Pa
         vis = ref.vision(ref.pixel_values([b[0] for b in batch]))
         prefix = caption.mapper(vis.discarded.float(), vis.discarded_index)
         qids = [tok(q, add_special_tokens=True)["input_ids"] for _, q, _ in batch]
-        loss = caption.caption_loss(qids, prefix, [_caption_ids(tok, c, caption.cfg) for _, _, c in batch])
+        targets = [c(vis.kept_index[b].numpy()) if callable(c) else c for b, (_, _, c) in enumerate(batch)]
+        loss = caption.caption_loss(qids, prefix, [_caption_ids(tok, c, caption.cfg) for c in targets])
         checkpoint.optimise(opt, params, loss, checkpoint.lr_at(step, recipe.stage1_steps, recipe.stage1_lr, 100))
         loss = loss.detach()
         bar.set_postfix(loss=f"{float(loss):.3f}")

@@ -27,16 +27,19 @@ class TinySizes:
 
 
 def tokenizer_corpus(n_scenes: int = 4000) -> list[str]:
-    """Prompts, answers and descriptions as the model will see them, for training the BPE."""
+    """Prompts, answers, descriptions and short captions as the model will see them, for
+    training the BPE."""
     out = []
     for i in range(n_scenes):
         scene = shapes.scene_from_graph_only("train", i)
-        caption = shapes.describe_scene(scene)
-        out.append(caption)
-        for q in shapes.questions_for(scene, 3):
-            with_caption = i % 2 == 0
-            text = render(TEMPLATE, q.question, caption if with_caption else None)
-            out.append(f"{text} {q.answer}")
+        if i % 4 == 0:
+            out += [f"{render(TEMPLATE, k)} {v}" for k, v in shapes.dense_targets(scene.objects).items()]
+        else:
+            out.append(shapes.describe_scene(scene))
+        for j, q in enumerate(shapes.questions_for(scene, 4)):
+            relevant = shapes.relevant_objects(q.key, scene.objects)
+            caption = shapes.describe_objects(relevant) if (i + j) % 2 == 0 else None
+            out.append(f"{render(TEMPLATE, q.question, caption)} {q.answer}")
     out.append(" ".join(shapes.corpus_words()))
     return out
 
@@ -44,7 +47,11 @@ def tokenizer_corpus(n_scenes: int = 4000) -> list[str]:
 def build_tokenizer(sizes: TinySizes = TinySizes()):
     from .tokenizer import train_bpe
 
-    return train_bpe(tokenizer_corpus(), sizes.vocab_size)
+    tok = train_bpe(tokenizer_corpus(), sizes.vocab_size)
+    split = [w for w in shapes.single_token_words() if len(tok.encode(w, add_special_tokens=False).ids) != 1]
+    if split:  # first-token scoring and one-hop lookups need every name to be one token
+        raise ValueError(f"the tokenizer splits task names into several tokens: {split}")
+    return tok
 
 
 def build_config(tokenizer, sizes: TinySizes = TinySizes()):

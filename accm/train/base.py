@@ -1,11 +1,12 @@
-"""``accm-train base``: train accm-tiny from nothing, LLaVA's recipe in miniature.
+"""``accm-train base``: train accm-tiny from nothing, LLaVA's recipe in miniature, with gates.
 
 stage 0: render the scene pools once; train the BPE tokenizer
-stage 1: vision tower alone on dense scene-graph labels (vision_stage)
-stage 2: the LLM learns the task from text descriptions (llm_stage, text_only)
-stage 3: projector + LLM on packed image questions over frozen, cached features (llm_stage)
+stage 1: vision tower alone on dense scene-graph labels, until its val gate holds (vision_stage)
+stage 2: projector + LLM on packed questions over frozen, cached features, through a curriculum
+         of views gated on val accuracy, then a decay tail (llm_stage)
 then the result is written as a plain HF LLaVA directory (safetensors, tokenizer, processor).
-Every stage checkpoints into the work directory and resumes from it.
+Every stage checkpoints into the work directory and resumes from it; step counts follow the
+gates, and the ``*_max_steps`` values are only safety caps.
 """
 
 from __future__ import annotations
@@ -19,29 +20,32 @@ import torch
 
 from ..models import tiny
 from . import checkpoint
-from .llm_stage import extract_features, train_llm
+from .llm_stage import default_levels, extract_features, train_llm
 from .pool import render_pool
-from .vision_stage import train_vision
+from .vision_stage import VISION_GATE, train_vision
 
 
 @dataclasses.dataclass
 class BaseRecipe:
     sizes: tiny.TinySizes = dataclasses.field(default_factory=tiny.TinySizes)
     n_train_scenes: int = 16000
-    n_val_scenes: int = 300
-    vision_steps: int = 1500
+    n_val_scenes: int = 400
+    vision_max_steps: int = 6000
+    vision_decay_steps: int = 400
     vision_batch: int = 16
     vision_lr: float = 2e-3
-    text_steps: int = 1500
-    text_batch: int = 32
-    text_lr: float = 2e-3
-    llm_steps: int = 12000
+    llm_max_steps: int = 30000
+    llm_decay_steps: int = 1500
     llm_batch: int = 16
     llm_lr: float = 1e-3
     questions_per_image: int = 8
+    final_gate_acc: float = 0.95
+    final_gate_min_family: float = 0.90
     seed: int = 0
     eval_every: int = 250
+    eval_scenes: int = 200
     vision_log_every: int = 100
+    threads: int = 0  # torch threads; 0 keeps torch's default
 
 
 def _tokenizer(work: Path, sizes: tiny.TinySizes):
@@ -64,7 +68,8 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None) -> di
     work, output = Path(work), Path(output)
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
     t0 = time.time()
     tok = _tokenizer(work, recipe.sizes)
     torch.manual_seed(recipe.seed)
@@ -72,19 +77,18 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None) -> di
     pool = render_pool(work / "pool", "train", recipe.n_train_scenes)
     val = render_pool(work / "pool", "val", recipe.n_val_scenes)
 
-    vision_metrics = train_vision(model, pool, val, work, recipe.vision_steps, recipe.vision_batch,
-                                  recipe.vision_lr, recipe.seed, log_every=recipe.vision_log_every)
-    train_feats, _ = extract_features(model, pool, work / "features" / "train")
+    vision = train_vision(model, pool, val, work, recipe.vision_max_steps, recipe.vision_batch,
+                          recipe.vision_lr, recipe.seed, log_every=recipe.vision_log_every,
+                          decay_steps=recipe.vision_decay_steps, gate=VISION_GATE)
+    train_feats, train_scores = extract_features(model, pool, work / "features" / "train")
     val_feats, val_scores = extract_features(model, val, work / "features" / "val")
 
-    common = dict(pool=pool, val=val, work=work, seed=recipe.seed, eval_every=recipe.eval_every,
-                  n_questions=recipe.questions_per_image, val_scores=val_scores)
-    train_llm(model, tok, tiny.TEMPLATE, name="text", steps=recipe.text_steps,
-              batch=recipe.text_batch, lr=recipe.text_lr, text_only=True, **common)
-    train_llm(model, tok, tiny.TEMPLATE, name="llm", steps=recipe.llm_steps,
-              batch=recipe.llm_batch, lr=recipe.llm_lr, text_only=False,
-              train_features=train_feats, val_features=val_feats,
-              init_from=work / "text.pt", **common)
+    levels = default_levels({"acc": recipe.final_gate_acc, "min_family": recipe.final_gate_min_family})
+    llm = train_llm(model, tok, tiny.TEMPLATE, pool, val, work, train_feats, val_feats, train_scores,
+                    val_scores, levels, max_steps=recipe.llm_max_steps, decay_steps=recipe.llm_decay_steps,
+                    batch=recipe.llm_batch, lr=recipe.llm_lr, seed=recipe.seed,
+                    n_questions=recipe.questions_per_image, eval_every=recipe.eval_every,
+                    n_val_scenes=recipe.eval_scenes)
 
     output.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -92,7 +96,8 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None) -> di
     llava_processor(tok, tiny.TEMPLATE).save_pretrained(output)
     summary = {
         "recipe": dataclasses.asdict(recipe),
-        "vision": vision_metrics,
+        "vision": vision,
+        "llm": llm,
         "train_seconds_this_run": round(time.time() - t0, 1),
         "torch_threads": torch.get_num_threads(),
     }

@@ -39,6 +39,8 @@ class PackedBatch:
     labels: torch.Tensor  # [n_labels] target token ids
     is_answer: torch.Tensor  # [n_labels] bool: the first answer token (not EOS)
     answer_family: list[str] = dataclasses.field(default_factory=list)
+    #: [n_labels] the family of the block each label belongs to (empty without families)
+    label_family: list[str] = dataclasses.field(default_factory=list)
 
 
 class Packer:
@@ -89,7 +91,7 @@ class Packer:
             pos += list(range(after + common, after + common + len(block) + len(target) - 1))
             blk += [b] * (len(block) + len(target) - 1)
             for t, tid in enumerate(target):
-                labels.append((start + len(block) - 1 + t, tid, t == 0))
+                labels.append((start + len(block) - 1 + t, tid, t == 0, b - 1))
         return ids, pos, blk, patches, labels
 
     def pack(self, items: list[PackItem], families: list[list[str]] | None = None) -> PackedBatch:
@@ -99,7 +101,7 @@ class Packer:
         input_ids = torch.full((bsz, length), self.pad_id, dtype=torch.long)
         position_ids = torch.ones((bsz, length), dtype=torch.long)
         blocks = torch.full((bsz, length), -1, dtype=torch.long)
-        rows, patches, label_pos, labels, is_answer = [], [], [], [], []
+        rows, patches, label_pos, labels, is_answer, label_family = [], [], [], [], [], []
         for i, ((ids, pos, blk, kept, lab), item) in enumerate(zip(built, items)):
             n = len(ids)
             input_ids[i, :n] = torch.tensor(ids)
@@ -107,10 +109,12 @@ class Packer:
             blocks[i, :n] = torch.tensor(blk)
             rows.append(torch.full((len(kept),), item.image_row, dtype=torch.long))
             patches.append(torch.from_numpy(kept))
-            for p, t, a in lab:
+            for p, t, a, b in lab:
                 label_pos.append((i, p))
                 labels.append(t)
                 is_answer.append(a)
+                if families:
+                    label_family.append(families[i][b])
         idx = torch.arange(length)
         causal = idx[None, :] <= idx[:, None]
         same = (blocks[:, None, :] == 0) | (blocks[:, None, :] == blocks[:, :, None])
@@ -120,7 +124,7 @@ class Packer:
         return PackedBatch(
             input_ids, position_ids, mask[:, None], torch.cat(rows), torch.cat(patches),
             input_ids == self.image_id, torch.tensor(label_pos, dtype=torch.long),
-            torch.tensor(labels, dtype=torch.long), torch.tensor(is_answer), fam,
+            torch.tensor(labels, dtype=torch.long), torch.tensor(is_answer), fam, label_family,
         )
 
 

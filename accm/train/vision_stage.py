@@ -1,7 +1,8 @@
 """Stage 1, the "CLIP" stage: pretrain the vision tower alone with dense scene-graph labels.
 
-Per patch: colour and shape class (background included), object-centre flag and the patch's
-own grid position; on the CLS token: which (colour, shape) pairs are present and how many of
+Per patch: colour and shape class (background included), object-centre flag, the patch's own
+grid position and its named cell (so a cell name can be matched to patches in one hop); on the
+CLS token: which (colour, shape) pairs are present and how many of
 each colour and shape. The CLS objective makes the last layer's CLS query attend to objects,
 which is what vision-side pruning ranks by.
 """
@@ -23,6 +24,7 @@ from ..data.preprocess import preprocess_uint8
 from ..pruning.select import select_tokens
 from ..pruning.vision import encoder_layers, patch_scores
 from . import checkpoint
+from .gate import GatedSchedule, gate_passed
 from .pool import COLOUR_IDS, SHAPE_IDS, ScenePool
 
 N_COLOURS, N_SHAPES = len(COLOUR_IDS), len(SHAPE_IDS)
@@ -37,6 +39,7 @@ class DenseHeads(nn.Module):
         self.shape = nn.Linear(hidden, N_SHAPES + 1)
         self.centre = nn.Linear(hidden, 1)
         self.position = nn.Linear(hidden, 2)
+        self.cell = nn.Linear(hidden, len(shapes.CELL_NAMES))
         self.present = nn.Linear(hidden, N_COLOURS * N_SHAPES)
         self.counts = nn.Linear(hidden, N_COLOURS + N_SHAPES)
 
@@ -44,6 +47,9 @@ class DenseHeads(nn.Module):
 def _grid_targets() -> torch.Tensor:
     idx = torch.arange(shapes.GRID * shapes.GRID)
     return torch.stack([idx // shapes.GRID, idx % shapes.GRID], -1).float() / (shapes.GRID - 1)
+
+
+CELL_TARGETS = torch.tensor([shapes.CELL_NAMES.index(shapes.cell_of_patch(p)) for p in range(shapes.GRID ** 2)])
 
 
 def _count_targets(pool: ScenePool, idx: np.ndarray) -> torch.Tensor:
@@ -73,15 +79,30 @@ def dense_loss(tower, heads: DenseHeads, pool: ScenePool, idx: np.ndarray):
         pos_weight=torch.tensor(10.0),
     )
     loss_pos = F.mse_loss(heads.position(patches), _grid_targets().expand(len(idx), -1, -1))
+    loss_cell = F.cross_entropy(heads.cell(patches).transpose(1, 2), CELL_TARGETS.expand(len(idx), -1))
     loss_present = F.binary_cross_entropy_with_logits(
         heads.present(cls), torch.from_numpy(labels["present"])
     )
     loss_counts = F.mse_loss(heads.counts(cls), _count_targets(pool, idx))
     parts = {
         "colour": loss_colour, "shape": loss_shape, "centre": loss_centre,
-        "position": 5 * loss_pos, "present": 2 * loss_present, "counts": 0.2 * loss_counts,
+        "position": 5 * loss_pos, "cell": loss_cell, "present": 2 * loss_present, "counts": 0.2 * loss_counts,
     }
     return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}, out, labels
+
+
+def _object_accuracy(heads: DenseHeads, patches: torch.Tensor, pool: ScenePool, idx) -> tuple[float, float]:
+    """Colour and shape read from an object's patches together (their mean logits), as attention
+    over the object's patches can: a patch an object only grazes shows a corner of it."""
+    colour_logits = heads.colour(patches)[..., :N_COLOURS].numpy()
+    shape_logits = heads.shape(patches)[..., :N_SHAPES].numpy()
+    colour_hits, shape_hits = [], []
+    for r, i in enumerate(idx):
+        for k, o in enumerate(pool.objects[i]):
+            mine = pool.patch_object[i] == k
+            colour_hits.append(colour_logits[r][mine].mean(0).argmax() == COLOUR_IDS[o.colour])
+            shape_hits.append(shape_logits[r][mine].mean(0).argmax() == SHAPE_IDS[o.shape])
+    return float(np.mean(colour_hits)), float(np.mean(shape_hits))
 
 
 @torch.no_grad()
@@ -94,7 +115,11 @@ def evaluate(tower, heads: DenseHeads, pool: ScenePool, n: int = 64, keep: int =
     patches = out.hidden_states[-1][:, 1:]
     obj = labels["colour"] < N_COLOURS
     colour_acc = float((heads.colour(patches).argmax(-1).numpy() == labels["colour"])[obj].mean())
-    shape_acc = float((heads.shape(patches).argmax(-1).numpy() == labels["shape"])[obj].mean())
+    shape_hit = heads.shape(patches).argmax(-1).numpy() == labels["shape"]
+    shape_acc = float(shape_hit[obj].mean())
+    centre_shape_acc = float(shape_hit[labels["centre"] > 0].mean())  # the patch holding the object's centre
+    cell_acc = float((heads.cell(patches).argmax(-1) == CELL_TARGETS).float().mean())
+    object_colour, object_shape = _object_accuracy(heads, patches, pool, idx)
     layers = encoder_layers(tower)
     scores = patch_scores(layers[-1], out.hidden_states[len(layers) - 1])
     kept = select_tokens(scores, keep).numpy()
@@ -105,44 +130,63 @@ def evaluate(tower, heads: DenseHeads, pool: ScenePool, n: int = 64, keep: int =
         covered.append(len(hit) / max(1, len(pool.objects[i])))
     tower.train()
     return {
-        "patch_colour_acc": colour_acc, "patch_shape_acc": shape_acc,
+        "patch_colour_acc": colour_acc, "patch_shape_acc": shape_acc, "centre_shape_acc": centre_shape_acc,
+        "patch_cell_acc": cell_acc, "object_colour_acc": object_colour, "object_shape_acc": object_shape,
         f"cls_top{keep}_on_object": on_object, f"cls_top{keep}_object_coverage": float(np.mean(covered)),
     }
 
 
-def train_vision(model, pool: ScenePool, val: ScenePool, work: Path, steps: int, batch: int = 16,
-                 lr: float = 2e-3, seed: int = 0, log_every: int = 100) -> dict:
-    """Train ``model.model.vision_tower`` in place; resumes from ``work/vision.pt``."""
+#: the vision stage ends once the tower's features carry what the questions need: each object's
+#: colour and shape, read from its patches together (a single patch that an object only grazes
+#: shows a corner of it), the cell of every patch, and a CLS that ranks objects first
+VISION_GATE = {"object_colour_acc": 0.99, "object_shape_acc": 0.97, "patch_cell_acc": 0.98,
+               "cls_top18_on_object": 0.85}
+
+
+def train_vision(model, pool: ScenePool, val: ScenePool, work: Path, max_steps: int, batch: int = 16,
+                 lr: float = 2e-3, seed: int = 0, log_every: int = 100, decay_steps: int = 400,
+                 gate: dict[str, float] | None = None) -> dict:
+    """Train ``model.model.vision_tower`` in place until ``gate`` holds on val, then decay the lr
+    over ``decay_steps``; resumes from ``work/vision.pt``."""
     torch.manual_seed(seed)
+    gate = VISION_GATE if gate is None else gate
     tower = model.model.vision_tower
     heads = DenseHeads(tower.config.hidden_size)
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    schedule = GatedSchedule(lr, warmup=100, decay_steps=decay_steps, max_steps=max_steps)
     ckpt_path = work / "vision.pt"
-    start = 0
+    step = 0
     state = checkpoint.load(ckpt_path)
     if state is not None:
         tower.load_state_dict(state["tower"])
         heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["opt"])
-        start = state["step"]
+        step = state["step"]
+        schedule.passed_at = state.get("passed_at")
     log = work / "vision_log.jsonl"
     tower.train()
     t0 = time.time()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="stage 1 vision", unit="step")
-    for step in bar:
+    bar = tqdm(initial=step, total=max_steps, desc="stage 1 vision", unit="step")
+    while not schedule.done(step):
         rng = np.random.default_rng([seed, step])
         idx = rng.choice(pool.n, size=batch, replace=False)
         loss, parts, _, _ = dense_loss(tower, heads, pool, idx)
-        checkpoint.optimise(opt, params, loss, checkpoint.lr_at(step, steps, lr, warmup=100))
+        checkpoint.optimise(opt, params, loss, schedule.lr(step))
+        step += 1
+        bar.update(1)
         bar.set_postfix(loss=f"{float(loss):.3f}")
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        if step % log_every == 0 or schedule.done(step):
             metrics = evaluate(tower, heads, val)
-            rec = {"step": step + 1, "loss": float(loss), **parts, **metrics,
-                   "elapsed_s": round(time.time() - t0, 1)}
+            if gate_passed(metrics, gate):
+                schedule.pass_gate(step)
+            rec = {"step": step, "loss": float(loss), **parts, **metrics, "lr": schedule.lr(step),
+                   "gate_passed_at": schedule.passed_at, "elapsed_s": round(time.time() - t0, 1)}
             with log.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             checkpoint.save(ckpt_path, tower=tower.state_dict(), heads=heads.state_dict(),
-                            opt=opt.state_dict(), step=step + 1)
+                            opt=opt.state_dict(), step=step, passed_at=schedule.passed_at)
+    bar.close()
     tower.eval()
-    return evaluate(tower, heads, val, n=128)
+    return {**evaluate(tower, heads, val, n=128), "steps": step, "gate": gate,
+            "gate_passed_at": schedule.passed_at}

@@ -1,0 +1,47 @@
+"""Gated training schedules: the learning rate stays at its peak until a validation gate is
+passed, then decays over a fixed tail; step counts follow the gate, not a budget.
+
+Small transformers learn lookups abruptly after a plateau, so a cosine schedule sized in advance
+can decay the learning rate before the jump happens. ``max_steps`` is only a safety cap; a run
+that reaches it has *not* passed its gate, and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass
+class GatedSchedule:
+    peak: float
+    warmup: int
+    decay_steps: int
+    max_steps: int
+    floor: float = 0.05
+    passed_at: int | None = None  # the step at which the gate was passed
+
+    def lr(self, step: int) -> float:
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        if self.passed_at is None:
+            return self.peak
+        t = min(1.0, (step - self.passed_at) / max(1, self.decay_steps))
+        return self.peak * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def pass_gate(self, step: int) -> None:
+        if self.passed_at is None:
+            self.passed_at = step
+
+    def done(self, step: int) -> bool:
+        if self.passed_at is not None and step >= self.passed_at + self.decay_steps:
+            return True
+        return step >= self.max_steps
+
+    def state(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def gate_passed(metrics: dict, thresholds: dict[str, float]) -> bool:
+    """True when every named metric reaches its threshold."""
+    return all(metrics.get(k, float("-inf")) >= v for k, v in thresholds.items())
