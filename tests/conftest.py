@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import functools  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -131,3 +132,19 @@ def tiny_bundles(tmp_path_factory):
                       progress=False, loaded=loaded)
         out[name] = root / name
     return model, proc, out
+
+
+@pytest.fixture(scope="session")
+def runtime_bundle(tmp_path_factory):
+    """The accm-tiny bundle (vision keep 64, fp32) that the torch-free runtime tests run on: the
+    one ``ACCM_RUNTIME_BUNDLE`` names (CI's minimum-versions leg has no torch to export with),
+    else exported here."""
+    given = os.environ.get("ACCM_RUNTIME_BUNDLE")
+    if given:
+        return Path(given)
+    pytest.importorskip("torch")
+    from accm.export.exporter import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("runtime") / "tiny-64"
+    export_bundle("accm-tiny", out, ExportConfig(vision_keep=64), progress=False)
+    return out

@@ -1,4 +1,4 @@
-"""Model-level properties of LLM-side pruning (DESIGN.md "Semantics that must be exact")."""
+"""Model-level properties of LLM-side pruning (docs/DESIGN.md "Semantics that must be exact")."""
 
 import pytest
 import torch

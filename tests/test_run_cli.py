@@ -1,4 +1,7 @@
-"""accm-run / accm-export as users run them: image modes, bad inputs, altered bundles, torch-free."""
+"""accm-run / accm-export as users run them: image modes, bad inputs, altered bundles, torch-free.
+
+Tests marked ``runtime`` need only the runtime install and a bundle (``runtime_bundle``), so CI
+also runs them in its minimum-versions environment, where torch is absent."""
 
 import json
 import os
@@ -17,7 +20,7 @@ from accm.cli import export as export_cli
 from accm.cli import run as run_cli
 from accm.manifest import load_manifest
 
-from .conftest import random_llava
+from .conftest import random_llava  # imports torch only when called
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,8 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bundles):
-    return tiny_bundles[2]["vision64"]
+def bundle(runtime_bundle):
+    return runtime_bundle
 
 
 def test_export_cli_writes_a_loadable_bundle(model_dir, tmp_path, capsys):
@@ -93,6 +96,7 @@ def _good_images(tmp: Path) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.runtime
 def test_every_image_mode_is_answered(bundle, tmp_path, capsys):
     for name, path in _good_images(tmp_path).items():
         rc = _run(bundle, path)
@@ -101,6 +105,7 @@ def test_every_image_mode_is_answered(bundle, tmp_path, capsys):
         assert out.out.endswith("\n")
 
 
+@pytest.mark.runtime
 def test_json_output_has_counts_and_stage_times(bundle, tmp_path, capsys):
     img = _good_images(tmp_path)["rgb.jpg"]
     assert _run(bundle, img, extra=["--json"]) == 0
@@ -129,12 +134,14 @@ def _bad_images(tmp: Path) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.runtime
 @pytest.mark.parametrize("name", ["zero.png", "truncated.png", "garbage.jpg", "text.png", "bomb.png", "missing.png"])
 def test_bad_images_are_one_line_exit_2(bundle, tmp_path, capsys, name):
     err = _one_line_error(capsys, _run(bundle, _bad_images(tmp_path)[name]))
     assert "image" in err
 
 
+@pytest.mark.runtime
 @pytest.mark.parametrize("prompt", ["", "   ", "x" * 5000, "what is <image> ?"])
 def test_bad_prompts_are_one_line_exit_2(bundle, tmp_path, capsys, prompt):
     img = _good_images(tmp_path)["rgb.jpg"]
@@ -148,6 +155,7 @@ def _copy(bundle, tmp_path):
     return dst
 
 
+@pytest.mark.runtime
 @pytest.mark.parametrize("damage", ["missing", "truncated", "altered", "newer", "no_manifest", "bad_json",
                                     "shared_outside", "shared_malformed"])
 def test_damaged_bundles_are_refused(bundle, tmp_path, capsys, damage):
@@ -227,6 +235,7 @@ sys.meta_path.insert(0, _Block())
 """
 
 
+@pytest.mark.runtime
 def test_accm_run_imports_neither_torch_nor_transformers(bundle, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     img = _good_images(tmp_path)["rgb.jpg"]
@@ -241,6 +250,19 @@ def test_accm_run_imports_neither_torch_nor_transformers(bundle, tmp_path):
     assert "IMPORTED []" in proc.stdout
 
 
+@pytest.mark.runtime
+def test_without_any_inference_backend_accm_run_says_so_in_one_line(bundle, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER.replace("('torch', 'transformers')", "('onnxruntime',)"))
+    img = _good_images(tmp_path)["rgb.jpg"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])]))
+    proc = subprocess.run([sys.executable, "-c", "import sys; from accm.cli.run import main; sys.exit(main())",
+                           "--bundle", str(bundle), "--image", str(img), "--prompt", "is there a red cross ?"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "no inference backend" in proc.stderr and "accm[cpu]" in proc.stderr
+
+
+@pytest.mark.runtime
 def test_console_script_exit_code(bundle, tmp_path):
     exe = Path(sys.executable).parent / "accm-run"
     if not exe.exists():

@@ -1,4 +1,4 @@
-"""select_tokens / image_scores on small hand-checked vectors (DESIGN.md "Token selection")."""
+"""select_tokens / image_scores on small hand-checked vectors (docs/DESIGN.md "Token selection")."""
 
 import numpy as np
 import pytest

@@ -1,13 +1,38 @@
-"""ONNX Runtime sessions for bundle stages (torch-free)."""
+"""ONNX Runtime sessions for bundle stages (torch-free).
+
+onnxruntime is imported on first use: the runtime install names no backend (``accm[cpu]`` adds
+onnxruntime, ``accm[gpu]`` onnxruntime-gpu, and a Jetson may use JetPack's TensorRT alone).
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from ..errors import AccmUserError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+NO_BACKEND = ("no inference backend: install accm[cpu] (onnxruntime) or accm[gpu] (onnxruntime-gpu), "
+              "or run --provider tensorrt with TensorRT installed")
+
+
+class BackendMissing(AccmUserError):
+    pass
+
+
+@functools.cache
+def onnxruntime():
+    """The onnxruntime module (CPU or GPU build), or one clear error when neither is installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendMissing(NO_BACKEND) from None
+    return ort
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -23,6 +48,7 @@ def providers_for(name: str) -> list[str]:
     if name not in PROVIDERS:
         raise ProviderUnavailable(f"unknown ONNX Runtime provider {name!r}; choose from {', '.join(PROVIDERS)}")
     wanted = PROVIDERS[name]
+    ort = onnxruntime()
     if wanted[0] not in ort.get_available_providers():
         raise ProviderUnavailable(f"provider {name!r} needs {wanted[0]}, which this onnxruntime build lacks "
                                   f"(available: {', '.join(ort.get_available_providers())})")
@@ -39,6 +65,7 @@ class OrtStage:
 
     def __init__(self, path: Path, provider: str = "cpu", threads: int | None = None,
                  initializers: dict[str, ort.OrtValue] | None = None):
+        ort = onnxruntime()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
@@ -83,6 +110,7 @@ def shared_initializers(root: Path, manifest: dict) -> dict[str, dict[str, ort.O
     """Per stage, name → OrtValue for the weights the manifest lists as shared between stages
     (prefill and decode): each is memory-mapped from the bundle once, read-only, and paged in
     on use, so the two LLM sessions hold one copy instead of two."""
+    ort = onnxruntime()
     maps: dict[str, np.memmap] = {}
     out: dict[str, dict[str, ort.OrtValue]] = {}
     for entry in manifest.get("shared_weights", []):

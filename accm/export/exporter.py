@@ -23,6 +23,7 @@ from ..models.loading import LoadedModel, load_llava
 from ..models.registry import checkpoint_digest
 from ..pruning.schedule import Schedule
 from ..pruning.vision import encoder_layers, resolve_layer
+from .compat import requirements
 from .graphs import (
     CaptionDecodeStage,
     CaptionPrefixStage,
@@ -190,6 +191,7 @@ def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrit
             processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
             shutil.rmtree(scratch)
         info["shared_weights"] = shared_weight_table(tmp, ["llm_prefill", "llm_decode"])
+        info["runtime_requirements"] = requirements(tmp, [s["file"] for s in info["stages"].values()])
         result = manifest.write_manifest(tmp, info)
     return result
 

@@ -1,4 +1,4 @@
-"""LLM-side pruning reference (PyTorch) for HF Llama-family decoders, exact per DESIGN.md.
+"""LLM-side pruning reference (PyTorch) for HF Llama-family decoders, exact per docs/DESIGN.md.
 
 At a prune point K the score is layer K-1's post-softmax attention of the last *valid* prompt
 token over the current image tokens, recomputed as ``softmax(q_last·Kᵀ/√d + mask)`` from that

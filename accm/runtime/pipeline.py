@@ -34,6 +34,7 @@ class Answer:
     llm_kept: dict[int, list[int]] = dataclasses.field(default_factory=dict)  # prune layer -> kept offsets
     caption: str | None = None  # the ACCM caption spliced into the prompt
     candidates: list[str] | None = None
+    first_logits: np.ndarray | None = None  # the logits the first answer token was chosen from
 
 
 def _ms(t0: float) -> float:
@@ -144,6 +145,7 @@ class Pipeline:
         past = [out[f"present.{li}.{kind}"] for li in range(n_layers) for kind in ("key", "value")]
         next_pos = np.where(mask > 0, pos, -1).max(1) + 1
         logits = out["logits"]
+        first_logits = logits
         eos, pad = self.tokens["eos_token_id"], self.tokens["pad_token_id"]
         bsz = len(prompts)
         done = np.zeros(bsz, dtype=bool)
@@ -189,5 +191,6 @@ class Pipeline:
                 llm_kept={layer: kept[layer][b].tolist() for layer in kept},
                 caption=captions[b],
                 candidates=comp.candidates[b] if comp is not None else None,
+                first_logits=first_logits[b],
             ))
         return answers
