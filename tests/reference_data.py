@@ -4,9 +4,9 @@
 (``examples/``), what the PyTorch reference pipeline (Hugging Face's LLaVA modules, vision keep
 64) computes: the kept patches, the first answer token's logits and the greedy tokens. Stored
 PNGs, not re-rendered scenes: Pillow versions rasterise ShapesVQA scenes differently (Pillow 10
-and 13 differ by up to 133 levels on some pixels), and the minimum-versions leg runs Pillow 10. CI's minimum-versions leg
-compares the runtime against it; the main suite checks that the file still equals the reference,
-so it cannot go stale. Regenerate after retraining accm-tiny:
+and 13 differ by up to 133 levels on some pixels), and the minimum-versions leg runs Pillow 10.
+CI's minimum-versions leg compares the runtime against it; the main suite checks that the file
+still equals the reference, so it cannot go stale. Regenerate after retraining accm-tiny:
 
     python -m tests.reference_data
 """
