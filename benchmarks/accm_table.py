@@ -23,7 +23,7 @@ def main() -> None:
     from accm.compensation.compensator import Compensator
     from accm.compensation.flops import compensation_flops
     from accm.data import shapes
-    from accm.export.default import ensure_bundle
+    from accm.export.default import default_options, ensure_bundle
     from accm.models.loading import load_llava
     from accm.models.prompt import mean_text_tokens
     from accm.models.registry import resolve
@@ -88,8 +88,7 @@ def main() -> None:
             "with_vision_ratio": (pruned_prefill + comp_flops["total"] + vision_flops(dims, k))
             / (full_prefill + vision_flops(dims, None)),
         }
-        options = {"precision": "fp32", "vision_keep": k, "schedule": Schedule.none().to_json(), "score_layer": None,
-                   "target": "ort", "accm": True, "accm_dir": None, "calib_dir": None, "calib_samples": 32}
+        options = default_options("fp32", k, accm=True)
         lat = run_isolated("bundle", {"bundle": str(ensure_bundle(args.model, options, progress=False)),
                                       "provider": "cpu", "warmup": 2, "repeat": 5, "new_tokens": 4, "image": None,
                                       "prompt": None})

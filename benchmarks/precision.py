@@ -61,9 +61,8 @@ def main() -> None:
     from accm.bench.latency import machine, run_isolated
     from accm.data import shapes
     from accm.engines import trt_rtx_check
-    from accm.export.default import ensure_bundle
+    from accm.export.default import default_options, ensure_bundle
     from accm.manifest import load_manifest
-    from accm.pruning.schedule import Schedule
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -75,8 +74,7 @@ def main() -> None:
     args = ap.parse_args()
 
     def options(prec, keep=None, accm=False):
-        return {"precision": prec, "vision_keep": keep, "schedule": Schedule.none().to_json(), "score_layer": None,
-                "target": "ort", "accm": accm, "accm_dir": None, "calib_dir": None, "calib_samples": 32}
+        return default_options(prec, keep, accm=accm)
 
     samples = [(shapes.render_scene(s.split, s.scene_index).pil(), s.question) for s in shapes.benchmark("test", 8, 9)]
     rows = []

@@ -68,6 +68,14 @@ def random_llava(num_layers: int = 4, kv_heads: int = 2, seed: int = 0, attn: st
     return model, llava_processor(tok, LLAVA_HF)
 
 
+def saved_random_llava(directory, seed: int):
+    """A random LLaVA (``random_llava``) saved as an HF checkpoint directory."""
+    model, proc = random_llava(seed=seed)
+    model.save_pretrained(directory)
+    proc.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_random():
     return random_llava()

@@ -20,16 +20,12 @@ from accm.cli import export as export_cli
 from accm.cli import run as run_cli
 from accm.manifest import load_manifest
 
-from .conftest import random_llava  # imports torch only when called
+from .conftest import saved_random_llava  # imports torch only when called
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model, proc = random_llava(seed=21)
-    path = tmp_path_factory.mktemp("model")
-    model.save_pretrained(path)
-    proc.save_pretrained(path)
-    return path
+    return saved_random_llava(tmp_path_factory.mktemp("model"), seed=21)
 
 
 @pytest.fixture(scope="module")

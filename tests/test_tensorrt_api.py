@@ -40,7 +40,8 @@ NOT_TENSORRT = {
     "append", "items", "values", "get", "join", "encode", "dumps", "loads", "hexdigest", "sha256", "environ",
     "exists", "is_file", "mkdir", "parents", "resolve", "read_bytes", "read_text", "write_bytes", "write_text",
     "write", "flush", "name", "NamedTemporaryFile", "CDLL", "RTLD_GLOBAL", "byref", "c_int", "value", "data",
-    "ctypes", "stem", "suffix", "parent", "unlink", "startswith", "split", "strip", "format",
+    "ctypes", "stem", "suffix", "parent", "unlink", "startswith", "split", "strip", "format", "getuid",
+    "is_symlink", "iterdir", "lstat", "st_mode", "st_uid",
     # numpy
     "array", "ascontiguousarray", "empty", "int32", "dtype", "nbytes", "shape", "ndarray", "zeros", "prod",
     "tolist", "astype", "reshape",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..files import atomic_path, write_text
 from ..pruning.flops import dims_from_config, schedule_flops_ratio
 from ..pruning.schedule import Schedule
 from .latency import machine, run_isolated
@@ -37,7 +38,7 @@ def latency_sweep(model: str | None, bundles: list[str], keeps: list[int | None]
                   progress: bool = True, share_weights: bool = False) -> dict:
     from transformers import AutoConfig
 
-    from ..export.default import ensure_bundle
+    from ..export.default import default_options, ensure_bundle
     from ..models.registry import resolve
 
     common = {"warmup": warmup, "repeat": repeat, "new_tokens": new_tokens, "image": image, "prompt": prompt}
@@ -49,9 +50,7 @@ def latency_sweep(model: str | None, bundles: list[str], keeps: list[int | None]
             if (p, None, "none") not in configs:
                 configs.insert(0, (p, None, "none"))
         for p, k, s in tqdm(configs, desc="export bundles", unit="bundle", disable=not progress):
-            options = {"precision": p, "vision_keep": k, "schedule": Schedule.parse(s).to_json(), "score_layer": None,
-                       "target": "ort", "accm": False, "accm_dir": None, "calib_dir": None, "calib_samples": 32}
-            path = ensure_bundle(model, options, progress=False)
+            path = ensure_bundle(model, default_options(p, k, s), progress=False)
             targets.append(("bundle", {"bundle": str(path), "provider": provider, "share_weights": share_weights,
                                         **common}))
         if peers:
@@ -119,7 +118,7 @@ CSV_FIELDS = ["name", "kind", "precision", "vision_keep", "prompt_tokens", "visi
 
 
 def write_csv(report: dict, path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
         for r in report["results"]:
@@ -169,13 +168,14 @@ def plot(report: dict, path: Path) -> None:
     fig.suptitle(f"{report.get('model')} on {m['cpu']} ({m['cores']} cores), {report['config']['provider']}",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
 
 
 def save(report: dict, json_path: Path | None, csv_path: Path | None, plot_path: Path | None) -> None:
     if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=1) + "\n")
+        write_text(json_path, json.dumps(report, indent=1) + "\n")
     if csv_path:
         write_csv(report, Path(csv_path))
     if plot_path:

@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..errors import AccmUserError
+from ..files import ENVIRONMENT_EXIT, describe
 
 DEFAULT_VISION_KEEP = 64
 
@@ -73,6 +74,12 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     except AccmUserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # disk full, a read-only or unwritable destination, a failing device: writers leave
+        # nothing half-written (files.py, manifest.staged_directory); inputs the user named are
+        # checked before any work and raise AccmUserError instead
+        print(f"{parser.prog}: error: {describe(e)} (check free space and permissions)", file=sys.stderr)
+        return ENVIRONMENT_EXIT
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..files import write_text
 from ._common import Parser, UserError, run_cli
 
 
@@ -30,7 +31,7 @@ def _ranks(args) -> int:
     result = rank_similarity(ref, samples, progress=not args.quiet)
     result.update(model=lm.source.name, model_digest=digest, val=val)
     if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+        write_text(args.output, json.dumps(result, indent=1) + "\n")
     if args.plot:
         title = f"{lm.source.name}: Kendall τ of image-token rankings ({len(samples)} samples)"
         plot_heatmap(result, Path(args.plot), title)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..models.caption import CaptionModel
+from ..models.prompt import encode_text
 from ..models.selector import Selector
 from .beam import Beam, beam_search
 from .text import pick, selector_batch
@@ -43,7 +44,7 @@ class Compensator:
         self.selector.save(directory / SELECTOR_DIR)
 
     def question_ids(self, questions: list[str]) -> list[list[int]]:
-        return [self.tokenizer(q, add_special_tokens=True)["input_ids"] for q in questions]
+        return [encode_text(self.tokenizer.backend_tokenizer, q) for q in questions]
 
     @torch.no_grad()
     def candidates(self, discarded: torch.Tensor, discarded_index: torch.Tensor, questions: list[str],
@@ -72,7 +73,7 @@ class Compensator:
         return self.tokenizer.decode(toks, skip_special_tokens=True).strip()
 
     def selector_inputs(self, questions: list[str], candidates: list[list[str]]):
-        encode = lambda text: self.tokenizer(text, add_special_tokens=True)["input_ids"]  # noqa: E731
+        encode = lambda text: encode_text(self.tokenizer.backend_tokenizer, text)  # noqa: E731
         return selector_batch(encode, questions, candidates, self.selector.cfg.max_text_tokens, self.cfg.pad_token_id)
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import AccmUserError
+from ..manifest import BundleError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -75,11 +76,21 @@ class OrtStage:
         if initializers:
             opts.add_session_config_entry("session.disable_prepacking", "1")
         self.initializers = initializers  # the session does not own them: keep them alive
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers_for(provider))
+        providers = providers_for(provider)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime's own error types: a graph it cannot load is a bad bundle
+            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            raise BundleError(f"bundle graph {Path(path).name} cannot be loaded by onnxruntime: "
+                              f"{first[:300]}") from None
+        self.name = Path(path).name
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [k for k in self.input_names if k not in feeds]
+        if missing:
+            raise BundleError(f"bundle graph {self.name} wants inputs the runtime does not have: {', '.join(missing)}")
         outs = self.session.run(None, {k: feeds[k] for k in self.input_names})
         return dict(zip(self.output_names, outs))
 

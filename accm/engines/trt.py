@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AccmUserError
+from ..files import write_bytes, write_text
+from ..manifest import staged_directory
 from .plugin import PLUGIN_NAME, PLUGIN_VERSION
 from .profiles import Limits, stage_profiles
 
@@ -54,7 +56,8 @@ def gpu_sm() -> str:
 
 
 def plugin_library() -> Path | None:
-    """ACCM_TRT_PLUGIN, or the CMake build in the source tree."""
+    """ACCM_TRT_PLUGIN, or the CMake build in the source tree: never a path a bundle names (a
+    bundle holding a ``.so`` is refused as an unlisted file before anything loads)."""
     env = os.environ.get("ACCM_TRT_PLUGIN")
     candidates = [Path(env)] if env else []
     candidates.append(Path(__file__).resolve().parents[2] / "build" / "plugin" / "libaccm_token_topk.so")
@@ -117,7 +120,6 @@ def key_dir(bundle: Path, key: dict) -> Path:
 def build_engines(bundle: Path, manifest: dict, precision: str | None = None, limits: Limits | None = None,
                   progress: bool = True) -> Path:
     """Build (or find) every stage's engine; returns the engine directory."""
-    from tqdm import tqdm
 
     trt = _trt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -127,7 +129,6 @@ def build_engines(bundle: Path, manifest: dict, precision: str | None = None, li
     out = key_dir(bundle, key)
     if (out / "engine.json").exists() and json.loads((out / "engine.json").read_text()) == key:
         return out
-    out.mkdir(parents=True, exist_ok=True)
     profiles = stage_profiles(manifest, limits)
     cache_path = Path(bundle) / "engines" / "timing.cache"
     builder = trt.Builder(logger)
@@ -138,6 +139,16 @@ def build_engines(bundle: Path, manifest: dict, precision: str | None = None, li
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the Q/DQ nodes
+    with staged_directory(out, overwrite=True) as staged:  # a failed build leaves no half engine set
+        _build_plans(trt, builder, config, cache, logger, bundle, manifest, profiles, precision, staged, progress)
+        write_text(staged / "engine.json", json.dumps(key, indent=1))
+    write_bytes(cache_path, bytes(cache.serialize()))
+    return out
+
+
+def _build_plans(trt, builder, config, cache, logger, bundle, manifest, profiles, precision, out, progress):
+    from tqdm import tqdm
+
     for stage, info in tqdm(manifest["stages"].items(), desc="build engines", unit="engine", disable=not progress):
         network = builder.create_network(0)
         parser = trt.OnnxParser(network, logger)
@@ -153,9 +164,6 @@ def build_engines(bundle: Path, manifest: dict, precision: str | None = None, li
             raise TrtError(f"TensorRT failed to build the {stage} engine")
         (out / f"{stage}.plan").write_bytes(bytes(plan))
         config = _fresh_config(builder, config, precision, cache)
-    cache_path.write_bytes(bytes(cache.serialize()))
-    (out / "engine.json").write_text(json.dumps(key, indent=1))
-    return out
 
 
 def _fresh_config(builder, old, precision, cache):
@@ -168,12 +176,30 @@ def _fresh_config(builder, old, precision, cache):
     return config
 
 
+def check_owned(directory: Path) -> None:
+    """Refuse an engine directory this user does not own, or that others may write to.
+
+    A TensorRT plan is native code TensorRT executes (version-compatible plans even carry a
+    runtime), and bundles travel: engines someone else built or can replace are never loaded.
+    """
+    if not hasattr(os, "getuid"):
+        return
+    uid = os.getuid()
+    for path in [directory, *sorted(Path(directory).iterdir())]:
+        st = path.lstat()
+        if path.is_symlink() or st.st_uid != uid or st.st_mode & 0o022:
+            raise TrtError(f"refusing engines in {directory}: {path.name} is not owned by you or is writable by "
+                           "others (delete the directory to rebuild)")
+
+
 def check_engines(directory: Path, manifest: dict, precision: str | None = None) -> dict:
-    """Refuse engines built for another bundle, precision, GPU, TensorRT or plugin version."""
+    """Refuse engines built for another bundle, precision, GPU, TensorRT or plugin version, or
+    not owned by this user."""
     trt = _trt()
     info = directory / "engine.json"
     if not info.exists():
         raise TrtError(f"no engine metadata in {directory}")
+    check_owned(directory)
     built = json.loads(info.read_text())
     expected = engine_key(manifest, engine_precision(manifest, precision), gpu_sm(), trt.__version__)
     diff = [k for k in expected if built.get(k) != expected[k]]

@@ -9,15 +9,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AccmUserError
-from ..manifest import MANIFEST
+from ..manifest import current_format
 from ..models.registry import checkpoint_digest, resolve
 from ..runtime.cache import bundle_path
+
+
+def default_options(precision: str = "fp32", vision_keep: int | None = None, schedule: str | dict = "none",
+                    **overrides) -> dict:
+    """The export options of a default bundle (what its cache key covers), with defaults."""
+    from ..pruning.schedule import Schedule
+
+    sched = Schedule.from_json(schedule) if isinstance(schedule, dict) else Schedule.parse(schedule)
+    options = {"precision": precision, "vision_keep": vision_keep, "schedule": sched.to_json(), "score_layer": None,
+               "target": "ort", "accm": False, "accm_dir": None, "calib_dir": None, "calib_samples": 32}
+    unknown = set(overrides) - set(options)
+    if unknown:
+        raise TypeError(f"unknown export options: {sorted(unknown)}")
+    return {**options, **overrides}
 
 
 def ensure_bundle(model: str | None, options: dict, progress: bool = True) -> Path:
     source = resolve(model)
     path = bundle_path(source, checkpoint_digest(source.path), options)
-    if (path / MANIFEST).exists():
+    if current_format(path):  # an older format in the cache is exported again
         return path
     try:
         from ..pruning.schedule import Schedule

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .templates import PROMPT_SLOT, render
+
 
 def split_at_image(ids: Sequence[int], image_token_id: int) -> tuple[list[int], list[int]]:
     ids = list(ids)
@@ -18,6 +20,40 @@ def split_at_image(ids: Sequence[int], image_token_id: int) -> tuple[list[int], 
         raise ValueError("the rendered prompt must hold exactly one <image> token")
     cut = ids.index(image_token_id)
     return ids[:cut], ids[cut + 1:]
+
+
+def encode_text(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+    """Ids of the user's text as plain characters: ``</s>`` in a question is five characters,
+    never the end token. ``tokenizer`` is a ``tokenizers.Tokenizer`` (an HF tokenizer's
+    ``backend_tokenizer``); for text without special-token spellings this equals ``encode``."""
+    previous = tokenizer.encode_special_tokens
+    tokenizer.encode_special_tokens = True
+    try:
+        return tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+    finally:
+        tokenizer.encode_special_tokens = previous
+
+
+def _special_spellings(tokenizer) -> list[str]:
+    return [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
+
+
+def rendered_prompt_ids(tokenizer, template: str, prompt: str, caption: str | None,
+                        image_token_id: int) -> tuple[list[int], list[int]]:
+    """(ids before the image, ids after it) of the full prompt; the user's prompt and caption are
+    text, never special tokens.
+
+    Text without any special-token spelling is tokenized as one string, exactly as the model's
+    Hugging Face processor does. Otherwise the template around the prompt slot is tokenized with
+    special tokens (its ``<image>``) and the slot's content as plain characters.
+    """
+    user = [prompt] + ([caption] if caption else [])
+    if not any(s in u for s in _special_spellings(tokenizer) for u in user):
+        return split_at_image(tokenizer.encode(render(template, prompt, caption)).ids, image_token_id)
+    head, tail = template.split(PROMPT_SLOT)
+    ids = (tokenizer.encode(head).ids + encode_text(tokenizer, render(PROMPT_SLOT, prompt, caption), False)
+           + tokenizer.encode(tail, add_special_tokens=False).ids)
+    return split_at_image(ids, image_token_id)
 
 
 def build_prompt_ids(prefix: list[int], suffix: list[int], kept: Sequence[int], image_token_id: int,

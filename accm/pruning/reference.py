@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..data.preprocess import ImageSpec, preprocess
-from ..models.prompt import build_prompt_ids, left_pad, split_at_image
-from ..models.templates import render, template_from_processor
+from ..models.prompt import build_prompt_ids, left_pad, rendered_prompt_ids
+from ..models.templates import template_from_processor
 from .llm import generate
 from .schedule import Schedule
 from .vision import vision_features
@@ -54,8 +54,7 @@ class ReferencePipeline:
         return torch.from_numpy(np.stack([preprocess(im, self.spec) for im in images]))
 
     def split_prompt(self, prompt: str, caption: str | None = None) -> tuple[list[int], list[int]]:
-        ids = self.tokenizer(render(self.template, prompt, caption), add_special_tokens=True)["input_ids"]
-        return split_at_image(ids, self.image_id)
+        return rendered_prompt_ids(self.tokenizer.backend_tokenizer, self.template, prompt, caption, self.image_id)
 
     @torch.no_grad()
     def vision(self, pixel_values: torch.Tensor):

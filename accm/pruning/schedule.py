@@ -14,6 +14,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..files import write_text
+
 FORMAT = "accm-schedule"
 FORMAT_VERSION = 1
 
@@ -117,7 +119,7 @@ class Schedule:
         return out
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     def spec(self) -> str:
         """The short textual form (round-trips through ``parse``)."""

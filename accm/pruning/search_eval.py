@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..data import shapes
 from ..data.answers import normalise
 from ..errors import InputError
+from ..files import atomic_path
 from ..runtime.inputs import load_image
 from .llm import last_query_attention
 from .reference import ReferencePipeline
@@ -167,5 +168,6 @@ def plot_heatmap(result: dict, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="Kendall τ")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)

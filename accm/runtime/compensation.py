@@ -9,7 +9,7 @@ import numpy as np
 
 from ..compensation.beam import beam_search
 from ..compensation.text import pick, selector_batch
-from ..models.prompt import left_pad
+from ..models.prompt import encode_text, left_pad
 
 
 @dataclasses.dataclass
@@ -37,7 +37,7 @@ class BundleCompensator:
     def candidates(self, discarded: np.ndarray, discarded_index: np.ndarray, questions: list[str]):
         cfg = self.cfg
         prefix = self.prefix.run({"discarded_features": discarded, "discarded_index": discarded_index})["prefix"]
-        rows = [self.tokenizer.encode(q).ids for q in questions]
+        rows = [encode_text(self.tokenizer, q) for q in questions]
         ids, _, qmask = left_pad(rows, [list(range(len(r))) for r in rows], cfg["pad_token_id"])
         bsz = len(questions)
         embeds = np.concatenate([self._embed(ids), prefix], axis=1)
@@ -75,7 +75,7 @@ class BundleCompensator:
         beams = self.candidates(discarded, discarded_index, questions)
         texts = [[self.decode_text(b.tokens) for b in row] for row in beams]
         t1 = time.perf_counter()
-        ids, mask = selector_batch(lambda t: self.tokenizer.encode(t).ids, questions, texts,
+        ids, mask = selector_batch(lambda t: encode_text(self.tokenizer, t), questions, texts,
                                    self.cfg["selector_max_tokens"], self.cfg["pad_token_id"])
         probs = self.selector.run({"input_ids": ids, "attention_mask": mask})["probs"]
         chosen = pick(probs)

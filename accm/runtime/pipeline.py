@@ -19,8 +19,7 @@ from ..data.preprocess import ImageSpec, preprocess
 from ..engines.ort import open_bundle_stages, shares_weights
 from ..errors import InputError
 from ..manifest import load_manifest
-from ..models.prompt import build_prompt_ids, left_pad, split_at_image
-from ..models.templates import render
+from ..models.prompt import build_prompt_ids, left_pad, rendered_prompt_ids
 from .inputs import check_prompt
 
 
@@ -70,8 +69,7 @@ class Pipeline:
     # prompt ----------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str, caption: str | None = None) -> tuple[list[int], list[int]]:
         check_prompt(prompt)
-        ids = self.tokenizer.encode(render(self.template, prompt, caption)).ids
-        return split_at_image(ids, self.tokens["image_token_id"])
+        return rendered_prompt_ids(self.tokenizer, self.template, prompt, caption, self.tokens["image_token_id"])
 
     # stages ----------------------------------------------------------------------------------
     def run_vision(self, images) -> dict[str, np.ndarray]:
