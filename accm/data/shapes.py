@@ -61,6 +61,7 @@ DESCRIBE = "describe the image ."
 INVENTORY = "list the objects ."
 COUNT_COLOURS = "count the colors ."
 COUNT_SHAPES = "count the shapes ."
+CHECK_PAIRS = "check the pairs ."
 #: the description of an empty set of objects
 NOTHING = "none ."
 SPLITS = {"train": 0, "val": 1, "test": 2, "calib": 3}
@@ -256,7 +257,9 @@ def dense_targets(objects) -> dict[str, str]:
     - ``list the objects .``: ``red star c4 , …`` sorted by colour, shape, cell (colour and
       shape → where: the conjunctive search that existence questions need);
     - ``count the colors .`` / ``count the shapes .``: ``red two , green zero , …`` in a fixed
-      order (a name → how many: counting at the name's own token).
+      order (a name → how many: counting at the name's own token);
+    - ``check the pairs .``: ``red circle no , red square yes , …`` for all 35 pairs in a fixed
+      order (colour and shape → whether any object has both: existence at the shape's token).
     A count above twelve leaves its block out.
     """
     out = {DESCRIBE: describe_objects(objects)}
@@ -267,6 +270,9 @@ def dense_targets(objects) -> dict[str, str]:
         counts = [sum(getattr(o, attr) == n for o in objects) for n in names]
         if max(counts) < len(NUMBERS):
             out[instruction] = " , ".join(f"{n} {NUMBERS[c]}" for n, c in zip(names, counts)) + " ."
+    present = {(o.colour, o.shape) for o in objects}
+    out[CHECK_PAIRS] = " , ".join(f"{c} {k} {'yes' if (c, k) in present else 'no'}"
+                                  for c in COLOURS for k in SHAPES) + " ."
     return out
 
 
@@ -403,7 +409,7 @@ def corpus_words() -> list[str]:
     """Every word the task can use, for training a tokenizer that covers it."""
     words = set(COLOURS) | set(SHAPES) | set(PLURALS.values()) | set(NUMBERS) | set(CELL_NAMES)
     words |= set("what color shape is at how many objects are there a yes no none describe the image "
-                 "list count colors shapes "
+                 "list count colors shapes check pairs "
                  "additional information : , . ? USER ASSISTANT".split())
     return sorted(words)
 
