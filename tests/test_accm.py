@@ -80,9 +80,9 @@ def test_cached_beam_search_equals_cache_free_recomputation(toy_compensator, sce
     ref = ReferencePipeline(lm.model, lm.processor, vision_keep=18)
     vis = ref.vision(ref.pixel_values(scene_images[:2]))
     questions = ["what color is the star ?", "is there a red cross ?"]
-    beams = comp.candidates(vis.discarded, vis.discarded_index, questions)
+    beams = comp.candidates(vis.discarded, vis.discarded_index, vis.discarded_scores, questions)
     cap = comp.caption
-    prefix = cap.mapper(vis.discarded, vis.discarded_index)
+    prefix = cap.mapper(vis.discarded, vis.discarded_index, vis.discarded_scores.float())
     qids = comp.question_ids(questions)
     for b in range(2):
         for beam in beams[b]:  # replay each beam without a cache: its score must match

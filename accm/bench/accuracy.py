@@ -100,7 +100,7 @@ class TorchAnswerer:
         vision = self.ref.vision(self.ref.pixel_values(images))
         captions, alternatives = None, None
         if self.compensator is not None and self.caption_mode != "none":
-            comp = self.compensator(vision.discarded, vision.discarded_index, prompts)
+            comp = self.compensator(vision.discarded, vision.discarded_index, vision.discarded_scores, prompts)
             if self.caption_mode == "selected":
                 captions = comp.captions
             elif self.caption_mode == "random":

@@ -47,10 +47,10 @@ class Compensator:
         return [encode_text(self.tokenizer.backend_tokenizer, q) for q in questions]
 
     @torch.no_grad()
-    def candidates(self, discarded: torch.Tensor, discarded_index: torch.Tensor, questions: list[str],
-                   beams: int | None = None) -> list[list[Beam]]:
+    def candidates(self, discarded: torch.Tensor, discarded_index: torch.Tensor, discarded_scores: torch.Tensor,
+                   questions: list[str], beams: int | None = None) -> list[list[Beam]]:
         cfg = self.cfg
-        prefix = self.caption.mapper(discarded.float(), discarded_index)
+        prefix = self.caption.mapper(discarded.float(), discarded_index, discarded_scores.float())
         embeds, mask, pos = self.caption.prompt_embeds(self.question_ids(questions), prefix)
         out = self.caption.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True)
         cache = out.past_key_values
@@ -82,8 +82,8 @@ class Compensator:
         logits = self.selector(torch.from_numpy(ids), torch.from_numpy(mask))
         return torch.softmax(logits.float(), -1).numpy()
 
-    def __call__(self, discarded, discarded_index, questions: list[str]) -> Compensation:
-        beams = self.candidates(discarded, discarded_index, questions)
+    def __call__(self, discarded, discarded_index, discarded_scores, questions: list[str]) -> Compensation:
+        beams = self.candidates(discarded, discarded_index, discarded_scores, questions)
         texts = [[self.decode(b) for b in row] for row in beams]
         probs = self.select(questions, texts)
         selected = pick(probs)

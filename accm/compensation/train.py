@@ -106,7 +106,7 @@ def train_stage1(lm, caption: CaptionModel, source, recipe: AccmRecipe, work: Pa
         batch = _batch(source, rng, recipe.stage1_batch, "caption")
         ref.vision_keep = recipe.keeps[step % len(recipe.keeps)]
         vis = ref.vision(ref.pixel_values([b[0] for b in batch]))
-        prefix = caption.mapper(vis.discarded.float(), vis.discarded_index)
+        prefix = caption.mapper(vis.discarded.float(), vis.discarded_index, vis.discarded_scores.float())
         qids = [tok(q, add_special_tokens=True)["input_ids"] for _, q, _ in batch]
         targets = [c(vis.kept_index[b].numpy()) if callable(c) else c for b, (_, _, c) in enumerate(batch)]
         loss = caption.caption_loss(qids, prefix, [_caption_ids(tok, c, caption.cfg) for c in targets])
@@ -186,7 +186,7 @@ def train_stage2(lm, comp: Compensator, source, recipe: AccmRecipe, work: Path) 
                 answers.append(seq[:n])
                 q_logits.append(torch.stack([s[b] for s in q_steps[:n]]))
             vis = pruned.vision(pruned.pixel_values(images))
-            beams = comp.candidates(vis.discarded, vis.discarded_index, questions)
+            beams = comp.candidates(vis.discarded, vis.discarded_index, vis.discarded_scores, questions)
             texts = [[comp.decode(bm) for bm in row] for row in beams]
             m = len(texts[0])
             kls = torch.zeros(len(batch), m)
@@ -199,7 +199,7 @@ def train_stage2(lm, comp: Compensator, source, recipe: AccmRecipe, work: Path) 
         margin = kls.mean(1) - kls.min(1).values
         lam = 4.0 * float(margin.mean())
         caption.train()
-        prefix = caption.mapper(vis.discarded.float(), vis.discarded_index).detach()
+        prefix = caption.mapper(vis.discarded.float(), vis.discarded_index, vis.discarded_scores.float()).detach()
         qids = comp.question_ids(questions)
         targets = [beams[b][int(best[b])].tokens for b in range(len(batch))]
         cap_loss = caption.caption_loss(qids, prefix, targets)

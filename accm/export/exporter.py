@@ -216,8 +216,10 @@ def accm_jobs(comp, n_discarded: int, batch, vision_dim: int) -> list:
     kv = [torch.randn(2, heads, 5, head_dim) for _ in range(2 * cfg.lm_layers)]
     return [
         ("caption_prefix", prefix,
-         (torch.randn(2, n_discarded, vision_dim), torch.arange(n_discarded).expand(2, n_discarded).contiguous()),
-         ["discarded_features", "discarded_index"], ["prefix"], ({0: batch}, {0: batch})),
+         (torch.randn(2, n_discarded, vision_dim), torch.arange(n_discarded).expand(2, n_discarded).contiguous(),
+          torch.rand(2, n_discarded)),
+         ["discarded_features", "discarded_index", "discarded_scores"], ["prefix"],
+         ({0: batch}, {0: batch}, {0: batch})),
         ("caption_embed", EmbedStage(comp.caption.lm), (torch.ones(2, 7, dtype=torch.long),), ["input_ids"],
          ["inputs_embeds"], ({0: batch, 1: Dim("seq")},)),
         ("caption_decode", decode,

@@ -44,12 +44,12 @@ class VisionStage(nn.Module):
         layer = encoder_layers(self.tower)[self.score_layer]
         scores = patch_scores(layer, out.hidden_states[self.score_layer], exact=False)
         kept, kept_index, dropped, dropped_index = token_topk(scores, feats, self.keep, True, self.target)
-        return self.projector(kept), kept_index, dropped, dropped_index
+        return self.projector(kept), kept_index, dropped, dropped_index, torch.gather(scores, 1, dropped_index)
 
     def output_names(self) -> list[str]:
         if self.keep is None:
             return ["image_embeds", "kept_index"]
-        return ["image_embeds", "kept_index", "discarded_features", "discarded_index"]
+        return ["image_embeds", "kept_index", "discarded_features", "discarded_index", "discarded_scores"]
 
 
 class EmbedStage(nn.Module):
@@ -203,8 +203,8 @@ class CaptionPrefixStage(nn.Module):
         super().__init__()
         self.mapper = caption.mapper
 
-    def forward(self, discarded_features, discarded_index):
-        return self.mapper(discarded_features, discarded_index)
+    def forward(self, discarded_features, discarded_index, discarded_scores):
+        return self.mapper(discarded_features, discarded_index, discarded_scores)
 
 
 class CaptionDecodeStage(nn.Module):

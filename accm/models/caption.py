@@ -1,10 +1,12 @@
 """ACCM's caption model: a ClipCap-style mapper feeding a GPT-2-class causal LM.
 
-The mapper linearly maps each *discarded* vision token (unprojected CLIP features, raster
-order) to the LM width, adds a learned embedding of the token's patch index (ClipCap has no
-positions; our captions name locations, and the kept/discarded split removes the raster
-layout), appends P learned prefix constants, runs a small pre-norm transformer and outputs the
-last P positions: the prefix. The LM (``transformers.GPT2LMHeadModel``) reads
+The mapper reads the *discarded* vision tokens (unprojected CLIP features, raster order), or,
+with ``input_tokens = m``, only the m of them the CLS attention ranks highest (the same scores
+that chose the kept tokens: on a scene, the next objects in line), which cuts its cost by
+``N - k`` over m. It linearly maps each token to the LM width, adds a learned embedding of the
+token's patch index (ClipCap has no positions; our captions name locations, and the
+kept/discarded split removes the raster layout), appends P learned prefix constants, runs a
+small pre-norm transformer and outputs the last P positions: the prefix. The LM (``transformers.GPT2LMHeadModel``) reads
 ``[question embeddings ; prefix]`` and writes the caption. It uses the VLM's own tokenizer, so
 captions re-tokenize exactly when spliced into the prompt.
 """
@@ -35,6 +37,7 @@ class CaptionConfig:
     lm_heads: int = 4
     max_positions: int = 160
     max_caption_tokens: int = 67
+    input_tokens: int | None = None  # m: the mapper reads the m highest-scored discarded tokens (None: all)
     beams: int = 3
     bos_token_id: int = 1
     eos_token_id: int = 2
@@ -59,6 +62,16 @@ def encoder_layers(width: int, heads: int, layers: int) -> nn.TransformerEncoder
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+def top_positions(scores: torch.Tensor, m: int) -> torch.Tensor:
+    """Positions of the m highest scores per row, ascending; ties to the lower position (the
+    ``select_tokens`` rule: a stable sort eagerly, ONNX TopK's lower-index rule when exported)."""
+    if torch.onnx.is_in_onnx_export():
+        top = torch.topk(scores, m, dim=-1, largest=True, sorted=True).indices
+    else:
+        top = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :m]
+    return torch.sort(top, dim=-1).values
+
+
 class Mapper(nn.Module):
     def __init__(self, cfg: CaptionConfig):
         super().__init__()
@@ -67,8 +80,17 @@ class Mapper(nn.Module):
         self.prefix_const = nn.Parameter(torch.randn(cfg.prefix_len, cfg.hidden) * 0.02)
         self.transformer = encoder_layers(cfg.hidden, cfg.mapper_heads, cfg.mapper_layers)
         self.prefix_len = cfg.prefix_len
+        self.input_tokens = cfg.input_tokens
 
-    def forward(self, discarded: torch.Tensor, discarded_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, discarded: torch.Tensor, discarded_index: torch.Tensor,
+                discarded_scores: torch.Tensor | None = None) -> torch.Tensor:
+        m = self.input_tokens
+        if m is not None and discarded.shape[1] > m:
+            if discarded_scores is None:
+                raise ValueError("this caption model reads the top-scored discarded tokens: pass their scores")
+            pos = top_positions(discarded_scores, m)
+            discarded = torch.gather(discarded, 1, pos.unsqueeze(-1).expand(-1, -1, discarded.shape[-1]))
+            discarded_index = torch.gather(discarded_index, 1, pos)
         x = self.linear(discarded) + self.patch_embed(discarded_index)
         const = self.prefix_const.unsqueeze(0).expand(x.shape[0], -1, -1)
         return self.transformer(torch.cat([x, const], dim=1))[:, -self.prefix_len:]

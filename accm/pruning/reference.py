@@ -69,7 +69,7 @@ class ReferencePipeline:
         vis = vision if vision is not None else self.vision(self.pixel_values(images))
         comp = None
         if captions is None and self.compensator is not None and vis.discarded.shape[1] > 0:
-            comp = self.compensator(vis.discarded, vis.discarded_index, prompts)
+            comp = self.compensator(vis.discarded, vis.discarded_index, vis.discarded_scores, prompts)
             captions = comp.captions
         captions = captions or [None] * len(prompts)
         rows, positions = [], []

@@ -66,6 +66,11 @@ class VisionPruned:
     discarded_index: torch.Tensor  # [B, N-k]
     scores: torch.Tensor  # [B, N] float64
 
+    @property
+    def discarded_scores(self) -> torch.Tensor:
+        """The CLS scores of the discarded tokens, in their (raster) order: ``[B, N-k]``."""
+        return torch.gather(self.scores, 1, self.discarded_index)
+
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x[b, index[b]]`` for ``x [B, N, D]`` and ``index [B, m]``."""

@@ -34,9 +34,11 @@ class BundleCompensator:
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         return self.embed.run({"input_ids": ids})["inputs_embeds"]
 
-    def candidates(self, discarded: np.ndarray, discarded_index: np.ndarray, questions: list[str]):
+    def candidates(self, discarded: np.ndarray, discarded_index: np.ndarray, discarded_scores: np.ndarray,
+                   questions: list[str]):
         cfg = self.cfg
-        prefix = self.prefix.run({"discarded_features": discarded, "discarded_index": discarded_index})["prefix"]
+        prefix = self.prefix.run({"discarded_features": discarded, "discarded_index": discarded_index,
+                                  "discarded_scores": discarded_scores})["prefix"]
         rows = [encode_text(self.tokenizer, q) for q in questions]
         ids, _, qmask = left_pad(rows, [list(range(len(r))) for r in rows], cfg["pad_token_id"])
         bsz = len(questions)
@@ -70,9 +72,9 @@ class BundleCompensator:
         toks = [t for t in tokens if t != self.cfg["eos_token_id"]]
         return self.tokenizer.decode(toks, skip_special_tokens=True).strip()
 
-    def __call__(self, discarded, discarded_index, questions: list[str]) -> RuntimeCompensation:
+    def __call__(self, discarded, discarded_index, discarded_scores, questions: list[str]) -> RuntimeCompensation:
         t0 = time.perf_counter()
-        beams = self.candidates(discarded, discarded_index, questions)
+        beams = self.candidates(discarded, discarded_index, discarded_scores, questions)
         texts = [[self.decode_text(b.tokens) for b in row] for row in beams]
         t1 = time.perf_counter()
         ids, mask = selector_batch(lambda t: encode_text(self.tokenizer, t), questions, texts,

@@ -113,7 +113,8 @@ class Pipeline:
         image_embeds, kept_index = vis["image_embeds"], vis["kept_index"]
         comp = None
         if captions is None and self.compensator is not None:
-            comp = self.compensator(vis["discarded_features"], vis["discarded_index"], prompts)
+            comp = self.compensator(vis["discarded_features"], vis["discarded_index"], vis["discarded_scores"],
+                                    prompts)
             captions = comp.captions
             timings["caption"], timings["selection"] = comp.caption_ms, comp.selection_ms
         captions = captions or [None] * len(prompts)
