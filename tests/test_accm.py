@@ -66,7 +66,7 @@ def test_beam_search_ties_go_to_the_lower_token():
 def toy_compensator(tmp_path_factory):
     model, proc = random_llava(seed=8)
     lm = loaded_model(model, proc, tmp_path_factory.mktemp("m"))
-    recipe = AccmRecipe(max_caption_tokens=9)
+    recipe = AccmRecipe(max_caption_tokens=9, input_tokens=48)  # the mapper reads the top-48 discarded
     torch.manual_seed(0)
     cap = CaptionModel(caption_config(lm, recipe))
     with torch.no_grad():
@@ -134,30 +134,52 @@ def test_kl_picks_the_candidate_closest_to_the_full_model():
     assert kl(q, close) < kl(q, far)
 
 
-def test_training_runs_a_few_steps_and_stage1_loss_falls(tmp_path):
+def test_training_runs_gated_stages_and_stage1_loss_falls(tmp_path):
     model, proc = random_llava(seed=9)
     loaded_model(model, proc, tmp_path / "model")
-    recipe = AccmRecipe(stage1_steps=30, stage1_batch=4, stage1_lr=3e-3, stage2_steps=2, stage2_batch=2,
-                        log_every=10, max_caption_tokens=8, answer_tokens=2)
-    train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
+    recipe = AccmRecipe(stage1_max_steps=30, stage1_batch=4, stage1_lr=3e-3, stage2_max_steps=2, stage2_batch=2,
+                        log_every=10, max_caption_tokens=8, answer_tokens=2, val_samples=6, decay_steps=2,
+                        input_tokens=64)
+    summary = train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
     import json
 
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "work" / "stage1_log.jsonl").read_text().splitlines()]
-    assert losses[-1] < losses[0]
+    stage1 = [json.loads(line) for line in (tmp_path / "work" / "stage1_log.jsonl").read_text().splitlines()]
+    assert stage1[-1]["loss"] < stage1[0]["loss"] and {"caption_acc", "caption_acc_k18"} <= set(stage1[0])
+    assert summary["stage1"]["steps"] <= 30  # the cap, or earlier at the gate
     stage2 = [json.loads(line) for line in (tmp_path / "work" / "stage2_log.jsonl").read_text().splitlines()]
+    assert stage2[0]["step"] == 0 and {"agree", "agree_no_caption_k18"} <= set(stage2[0])  # label-free val
     assert stage2[-1]["step"] == 2 and stage2[-1]["kl_best"] <= stage2[-1]["kl_mean"] + 1e-9
-    assert (tmp_path / "out" / "caption").is_dir() and (tmp_path / "out" / "selector").is_dir()
+    assert CaptionModel.load(tmp_path / "out" / "caption").cfg.input_tokens == 64
+    assert (tmp_path / "out" / "selector").is_dir()
     # resumable: a second call finds both stages done and only writes the output again
     train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
-    assert len((tmp_path / "work" / "stage1_log.jsonl").read_text().splitlines()) == len(losses)
+    assert len((tmp_path / "work" / "stage1_log.jsonl").read_text().splitlines()) == len(stage1)
+
+
+def test_the_mapper_reads_only_the_top_scored_discarded_tokens():
+    from accm.models.caption import CaptionConfig, Mapper, top_positions
+
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.9, 0.0]])
+    assert top_positions(scores, 2).tolist() == [[1, 3]]  # ties to the lower position, ascending
+    torch.manual_seed(0)
+    mapper = Mapper(CaptionConfig(vision_dim=8, n_patches=16, hidden=16, input_tokens=2)).eval()
+    feats, index = torch.randn(1, 5, 8), torch.tensor([[2, 5, 7, 9, 11]])
+    with torch.no_grad():
+        whole = mapper(feats, index, scores)
+        picked = mapper(feats[:, [1, 3]], index[:, [1, 3]], scores[:, [1, 3]])
+        other = mapper(feats[:, [1, 2]], index[:, [1, 2]], scores[:, [1, 2]])
+    torch.testing.assert_close(whole, picked)
+    assert not torch.allclose(whole, other)
+    with pytest.raises(ValueError, match="scores"):
+        mapper(feats, index)
 
 
 @pytest.mark.slow
 def test_training_steps_on_the_7b_standin(standin2, tmp_path):
     model, proc = standin2
     loaded_model(model, proc, tmp_path / "model")
-    recipe = AccmRecipe(stage1_steps=2, stage1_batch=2, stage2_steps=1, stage2_batch=1, log_every=1,
-                        max_caption_tokens=4, answer_tokens=2, keeps=(18,))
+    recipe = AccmRecipe(stage1_max_steps=2, stage1_batch=2, stage2_max_steps=1, stage2_batch=1, log_every=1,
+                        max_caption_tokens=4, answer_tokens=2, keeps=(18,), val_samples=2, decay_steps=1)
     summary = train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
     cap = CaptionModel.load(tmp_path / "out" / "caption")
     assert cap.cfg.vision_dim == 1024 and cap.cfg.vocab_size >= 32002

@@ -27,9 +27,9 @@ class Compensation:
 
 
 class Compensator:
-    def __init__(self, caption: CaptionModel, selector: Selector, tokenizer):
+    def __init__(self, caption: CaptionModel, selector: Selector | None, tokenizer):
         self.caption = caption.eval()
-        self.selector = selector.eval()
+        self.selector = selector.eval() if selector is not None else None  # None: candidates only
         self.tokenizer = tokenizer
         self.cfg = caption.cfg
 

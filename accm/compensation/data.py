@@ -87,3 +87,24 @@ class JsonlSource:
     def question_sample(self, i: int, rng: np.random.Generator):
         row = self.rows[i]
         return load_image(row["image"]), row["question"]
+
+
+class _Slice:
+    def __init__(self, source, rows):
+        self.source, self.rows = source, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def caption_sample(self, i: int, rng):
+        return self.source.caption_sample(self.rows[i], rng)
+
+    def question_sample(self, i: int, rng):
+        return self.source.question_sample(self.rows[i], rng)
+
+
+def held_out(source, fraction: float = 0.1):
+    """(train, val) views of a source: its last ``fraction`` (at least one row) is validation."""
+    n = len(source)
+    cut = max(1, min(n - 1, round(n * (1 - fraction)))) if n > 1 else n
+    return _Slice(source, list(range(cut))), _Slice(source, list(range(cut, n)) or [0])

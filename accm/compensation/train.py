@@ -28,25 +28,31 @@ from ..models.selector import Selector
 from ..pruning.llm import generate, prefill
 from ..pruning.reference import ReferencePipeline
 from ..train import checkpoint
+from ..train.gate import GatedSchedule, Plateau
 from .compensator import Compensator
 
 
 @dataclasses.dataclass
 class AccmRecipe:
     keeps: tuple[int, ...] = (18, 36)
-    stage1_steps: int = 3000
+    stage1_max_steps: int = 6000  # a cap: stage 1 ends at its validation gate
     stage1_batch: int = 32
     stage1_lr: float = 1e-3
-    stage2_steps: int = 1500
+    stage1_gate: float = 0.95  # val caption set accuracy that ends stage 1 early
+    stage2_max_steps: int = 1500  # a cap: stage 2 ends at its validation gate
     stage2_batch: int = 8
     caption_lr: float = 5e-5
     selector_lr: float = 1e-3
+    decay_steps: int = 200  # lr tail after a gate is passed
+    patience: int = 4  # evaluations without improvement that count as a plateau (the gate)
+    val_samples: int = 192
     answer_tokens: int = 6
     prefix_len: int = 10
     caption_hidden: int = 96
     mapper_layers: int = 1
     caption_layers: int = 2
     caption_heads: int = 4
+    input_tokens: int = 0  # m: the mapper reads the m discarded tokens the CLS ranks highest (0: all)
     beams: int = 3
     max_caption_tokens: int = 67
     selector_hidden: int = 128
@@ -66,7 +72,8 @@ def caption_config(lm, recipe: AccmRecipe) -> CaptionConfig:
         prefix_len=recipe.prefix_len, hidden=recipe.caption_hidden, mapper_layers=recipe.mapper_layers,
         mapper_heads=recipe.caption_heads, lm_layers=recipe.caption_layers, lm_heads=recipe.caption_heads,
         max_positions=recipe.max_caption_tokens + 96, max_caption_tokens=recipe.max_caption_tokens,
-        beams=recipe.beams, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        beams=recipe.beams, input_tokens=recipe.input_tokens or None,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, stop_token_ids=(stop,),
     )
 
@@ -87,21 +94,59 @@ def _log(path: Path, record: dict, bar) -> None:
     bar.write(json.dumps(record))
 
 
-def train_stage1(lm, caption: CaptionModel, source, recipe: AccmRecipe, work: Path) -> None:
+def _same_caption(pred: str, target: str) -> bool:
+    """Captions agree: the same set of described objects, or (free text) the same words."""
+    from ..data.shapes import NOTHING, parse_description
+
+    want = set(parse_description(target))
+    if want or target.strip() == NOTHING:
+        return set(parse_description(pred)) == want and (want or pred.strip() == NOTHING)
+    return pred.split() == target.split()
+
+
+@torch.no_grad()
+def caption_accuracy(ref: ReferencePipeline, caption: CaptionModel, samples, keeps) -> dict:
+    """Greedy captions of held-out samples against their targets, per keep."""
+    comp = Compensator(caption, None, ref.processor.tokenizer)
+    out = {}
+    for keep in keeps:
+        ref.vision_keep = keep
+        hits = []
+        for s in range(0, len(samples), 32):
+            chunk = samples[s:s + 32]
+            vis = ref.vision(ref.pixel_values([c[0] for c in chunk]))
+            beams = comp.candidates(vis.discarded, vis.discarded_index, vis.discarded_scores,
+                                    [c[1] for c in chunk], beams=1)
+            for b, (_, _, target) in enumerate(chunk):
+                want = target(vis.kept_index[b].numpy()) if callable(target) else target
+                hits.append(_same_caption(comp.decode(beams[b][0]), want))
+        out[f"caption_acc_k{keep}"] = float(np.mean(hits))
+    out["caption_acc"] = float(np.mean(list(out.values())))
+    caption.train()
+    return out
+
+
+def train_stage1(lm, caption: CaptionModel, source, val, recipe: AccmRecipe, work: Path) -> dict:
+    """Caption pretraining until the val caption accuracy reaches ``stage1_gate`` or plateaus."""
     tok = lm.processor.tokenizer
     ref = ReferencePipeline(lm.model, lm.processor, template=lm.template)
     params = list(caption.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.stage1_lr, weight_decay=0.01)
+    schedule = GatedSchedule(recipe.stage1_lr, 100, recipe.decay_steps, recipe.stage1_max_steps)
+    gate = Plateau(recipe.stage1_gate, recipe.patience)
     path = work / "stage1.pt"
-    start = 0
+    step = 0
     if (state := checkpoint.load(path)) is not None:
         caption.load_state_dict(state["caption"])
         opt.load_state_dict(state["opt"])
-        start = state["step"]
-    bar = tqdm(range(start, recipe.stage1_steps), initial=start, total=recipe.stage1_steps,
-               desc="accm stage 1 (captions)", unit="step")
+        step, schedule.passed_at = state["step"], state["passed_at"]
+        gate = Plateau(**state["gate"])
+    rng0 = np.random.default_rng([recipe.seed, 7])
+    val_samples = [val.caption_sample(int(i), rng0) for i in range(min(recipe.val_samples, len(val)))]
+    bar = tqdm(initial=step, total=recipe.stage1_max_steps, desc="accm stage 1 (captions)", unit="step")
     caption.train()
-    for step in bar:
+    metrics: dict = {}
+    while not schedule.done(step):
         rng = np.random.default_rng([recipe.seed, 101, step])
         batch = _batch(source, rng, recipe.stage1_batch, "caption")
         ref.vision_keep = recipe.keeps[step % len(recipe.keeps)]
@@ -110,13 +155,22 @@ def train_stage1(lm, caption: CaptionModel, source, recipe: AccmRecipe, work: Pa
         qids = [tok(q, add_special_tokens=True)["input_ids"] for _, q, _ in batch]
         targets = [c(vis.kept_index[b].numpy()) if callable(c) else c for b, (_, _, c) in enumerate(batch)]
         loss = caption.caption_loss(qids, prefix, [_caption_ids(tok, c, caption.cfg) for c in targets])
-        checkpoint.optimise(opt, params, loss, checkpoint.lr_at(step, recipe.stage1_steps, recipe.stage1_lr, 100))
-        loss = loss.detach()
+        checkpoint.optimise(opt, params, loss, schedule.lr(step))
+        step += 1
+        bar.update(1)
         bar.set_postfix(loss=f"{float(loss):.3f}")
-        if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.stage1_steps:
-            _log(work / "stage1_log.jsonl", {"step": step + 1, "loss": float(loss), "keep": ref.vision_keep}, bar)
-            checkpoint.save(path, caption=caption.state_dict(), opt=opt.state_dict(), step=step + 1)
+        if step % recipe.log_every == 0 or schedule.done(step):
+            metrics = caption_accuracy(ref, caption, val_samples, recipe.keeps)
+            if schedule.passed_at is None and gate.update(metrics["caption_acc"]):
+                schedule.pass_gate(step)
+            _log(work / "stage1_log.jsonl", {"step": step, "loss": float(loss), **metrics,
+                                             "lr": schedule.lr(step), "gate_passed_at": schedule.passed_at}, bar)
+            checkpoint.save(path, caption=caption.state_dict(), opt=opt.state_dict(), step=step,
+                            passed_at=schedule.passed_at, gate=gate.state())
+    bar.close()
     caption.eval()
+    return {"steps": step, "gate_passed_at": schedule.passed_at, "reached_target": gate.best >= recipe.stage1_gate,
+            **metrics}
 
 
 def teacher_forced_logits(ref: ReferencePipeline, images, questions, answers: list[list[int]], captions=None,
@@ -146,7 +200,54 @@ def kl(q_logits: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor:
     return (q.exp() * (q - p)).sum(-1).mean()
 
 
-def train_stage2(lm, comp: Compensator, source, recipe: AccmRecipe, work: Path) -> None:
+def _answers(ref: ReferencePipeline, images, questions, captions, tokens: int, vision=None) -> list[str]:
+    from ..data.answers import normalise
+
+    tok = ref.tokenizer
+    prep = ref.prepare(images, questions, captions, vision=vision)
+    out, _ = generate(ref.model, prep.inputs_embeds, prep.attention_mask, prep.image_mask, ref.schedule,
+                      max_new_tokens=tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      position_ids=prep.position_ids)
+    return [normalise(tok.decode(t, skip_special_tokens=True)) for t in out]
+
+
+class Agreement:
+    """Label-free validation: how often the pruned model with the selected caption gives the
+    full-token model's own answer (and, for scale, how often it does with no caption)."""
+
+    def __init__(self, lm, samples, keeps, tokens: int):
+        self.ref = ReferencePipeline(lm.model, lm.processor, template=lm.template)
+        self.samples, self.keeps, self.tokens = samples, keeps, tokens
+        self.full = []
+        for s in range(0, len(samples), 32):
+            chunk = samples[s:s + 32]
+            self.full += _answers(self.ref, [c[0] for c in chunk], [c[1] for c in chunk], None, tokens)
+
+    @torch.no_grad()
+    def __call__(self, comp: Compensator, with_baseline: bool = False) -> dict:
+        out = {}
+        for keep in self.keeps:
+            self.ref.vision_keep = keep
+            agree, plain = [], []
+            for s in range(0, len(self.samples), 32):
+                chunk = self.samples[s:s + 32]
+                images, questions = [c[0] for c in chunk], [c[1] for c in chunk]
+                vis = self.ref.vision(self.ref.pixel_values(images))
+                captions = comp(vis.discarded, vis.discarded_index, vis.discarded_scores, questions).captions
+                got = _answers(self.ref, images, questions, captions, self.tokens, vision=vis)
+                agree += [a == f for a, f in zip(got, self.full[s:s + 32])]
+                if with_baseline:
+                    bare = _answers(self.ref, images, questions, None, self.tokens, vision=vis)
+                    plain += [a == f for a, f in zip(bare, self.full[s:s + 32])]
+            out[f"agree_k{keep}"] = float(np.mean(agree))
+            if with_baseline:
+                out[f"agree_no_caption_k{keep}"] = float(np.mean(plain))
+        out["agree"] = float(np.mean([out[f"agree_k{k}"] for k in self.keeps]))
+        return out
+
+
+def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: Path) -> dict:
+    """Self-supervised, label-free: until the val agreement with the full-token model plateaus."""
     tok = lm.processor.tokenizer
     full = ReferencePipeline(lm.model, lm.processor, template=lm.template)
     pruned = ReferencePipeline(lm.model, lm.processor, template=lm.template)
@@ -156,17 +257,26 @@ def train_stage2(lm, comp: Compensator, source, recipe: AccmRecipe, work: Path) 
     sel_params = [p for p in selector.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": cap_params, "lr": recipe.caption_lr},
                              {"params": sel_params, "lr": recipe.selector_lr}], weight_decay=0.01)
+    peaks = (recipe.caption_lr, recipe.selector_lr)
+    schedule = GatedSchedule(1.0, 50, recipe.decay_steps, recipe.stage2_max_steps)  # a multiplier of each peak
+    gate = Plateau(1.0, recipe.patience)
     path = work / "stage2.pt"
-    start = 0
+    step = 0
     if (state := checkpoint.load(path)) is not None:
         caption.load_state_dict(state["caption"])
         selector.load_state_dict(state["selector"])
         opt.load_state_dict(state["opt"])
-        start = state["step"]
-    bar = tqdm(range(start, recipe.stage2_steps), initial=start, total=recipe.stage2_steps,
-               desc="accm stage 2 (self-supervised)", unit="step")
+        step, schedule.passed_at = state["step"], state["passed_at"]
+        gate = Plateau(**state["gate"])
+    rng0 = np.random.default_rng([recipe.seed, 8])
+    val_samples = [val.question_sample(int(i), rng0) for i in range(min(recipe.val_samples, len(val)))]
+    agreement = Agreement(lm, val_samples, recipe.keeps, recipe.answer_tokens)
+    metrics = agreement(comp, with_baseline=True) if step == 0 else {}
+    if step == 0:
+        _log(work / "stage2_log.jsonl", {"step": 0, **metrics}, tqdm(disable=True))
+    bar = tqdm(initial=step, total=recipe.stage2_max_steps, desc="accm stage 2 (self-supervised)", unit="step")
     stats: list[dict] = []
-    for step in bar:
+    while not schedule.done(step):
         rng = np.random.default_rng([recipe.seed, 202, step])
         batch = _batch(source, rng, recipe.stage2_batch, "question")
         images, questions = [b[0] for b in batch], [b[1] for b in batch]
@@ -207,30 +317,44 @@ def train_stage2(lm, comp: Compensator, source, recipe: AccmRecipe, work: Path) 
         logits = selector(torch.from_numpy(ids), torch.from_numpy(mask))
         sel_loss = F.cross_entropy(logits, best)
         loss = lam * (cap_loss + sel_loss)
-        for g, peak in zip(opt.param_groups, (recipe.caption_lr, recipe.selector_lr)):
-            g["lr"] = checkpoint.lr_at(step, recipe.stage2_steps, peak, warmup=50)
+        for g, peak in zip(opt.param_groups, peaks):
+            g["lr"] = peak * schedule.lr(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(cap_params + sel_params, 1.0)
         opt.step()
+        step += 1
+        bar.update(1)
         stats.append({"kl_best": float(kls.min(1).values.mean()), "kl_mean": float(kls.mean()),
                       "kl_selected": float(kls[torch.arange(len(batch)), logits.argmax(1)].mean()),
                       "selector_hits": float((logits.argmax(1) == best).float().mean()), "lambda": lam})
         bar.set_postfix(kl_best=f"{stats[-1]['kl_best']:.3f}", sel=f"{stats[-1]['selector_hits']:.2f}")
-        if (step + 1) % recipe.log_every == 0 or step + 1 == recipe.stage2_steps:
-            rec = {"step": step + 1, **{k: float(np.mean([s[k] for s in stats])) for k in stats[0]}}
+        if step % recipe.log_every == 0 or schedule.done(step):
+            caption.eval()
+            selector.eval()
+            metrics = agreement(comp)
+            selector.train()
+            if schedule.passed_at is None and gate.update(metrics["agree"]):
+                schedule.pass_gate(step)
+            rec = {"step": step, **{k: float(np.mean([s[k] for s in stats])) for k in stats[0]}, **metrics,
+                   "gate_passed_at": schedule.passed_at}
             stats = []
             _log(work / "stage2_log.jsonl", rec, bar)
             checkpoint.save(path, caption=caption.state_dict(), selector=selector.state_dict(),
-                            opt=opt.state_dict(), step=step + 1)
+                            opt=opt.state_dict(), step=step, passed_at=schedule.passed_at, gate=gate.state())
+    bar.close()
     caption.eval()
     selector.eval()
+    return {"steps": step, "gate_passed_at": schedule.passed_at, **metrics}
 
 
 def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe | None = None,
                questions=None, captions=None) -> dict:
-    """Train both modules for ``model`` and write them to ``output`` (``caption/``, ``selector/``)."""
-    from .data import ShapesSource
+    """Train both modules for ``model`` and write them to ``output`` (``caption/``, ``selector/``).
+
+    Validation: ShapesVQA's val split by default; with user data, its last tenth is held out.
+    """
+    from .data import ShapesSource, held_out
 
     recipe = recipe or AccmRecipe()
     work, output = Path(work), Path(output)
@@ -241,13 +365,16 @@ def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe |
     lm = load_llava(model)
     lm.model.requires_grad_(False)
     caption = CaptionModel(caption_config(lm, recipe))
-    train_stage1(lm, caption, captions or ShapesSource(), recipe, work)
+    cap_train, cap_val = held_out(captions) if captions is not None else (ShapesSource(), ShapesSource(400, "val"))
+    q_train, q_val = held_out(questions) if questions is not None else (ShapesSource(), ShapesSource(400, "val"))
+    stage1 = train_stage1(lm, caption, cap_train, cap_val, recipe, work)
     selector = Selector.from_caption_lm(caption.lm, recipe.selector_hidden, recipe.selector_layers,
                                         recipe.selector_heads)
     comp = Compensator(caption, selector, lm.processor.tokenizer)
-    train_stage2(lm, comp, questions or ShapesSource(), recipe, work)
+    stage2 = train_stage2(lm, comp, q_train, q_val, recipe, work)
     comp.save(output)
     summary = {"recipe": dataclasses.asdict(recipe), "seconds_this_run": round(time.time() - t0, 1),
+               "stage1": stage1, "stage2": stage2,
                "caption_params": sum(p.numel() for p in caption.parameters()),
                "selector_params": sum(p.numel() for p in selector.parameters())}
     (output / "training.json").write_text(json.dumps(summary, indent=1))

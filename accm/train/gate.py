@@ -45,3 +45,25 @@ class GatedSchedule:
 def gate_passed(metrics: dict, thresholds: dict[str, float]) -> bool:
     """True when every named metric reaches its threshold."""
     return all(metrics.get(k, float("-inf")) >= v for k, v in thresholds.items())
+
+
+@dataclasses.dataclass
+class Plateau:
+    """A validation gate for metrics without a known ceiling: passed when the metric reaches
+    ``target`` or has not improved by ``min_delta`` for ``patience`` evaluations in a row."""
+
+    target: float = float("inf")
+    patience: int = 4
+    min_delta: float = 0.005
+    best: float = float("-inf")
+    since_best: int = 0
+
+    def update(self, value: float) -> bool:
+        if value >= self.best + self.min_delta:
+            self.best, self.since_best = value, 0
+        else:
+            self.since_best += 1
+        return value >= self.target or self.since_best >= self.patience
+
+    def state(self) -> dict:
+        return dataclasses.asdict(self)
