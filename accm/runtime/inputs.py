@@ -13,7 +13,7 @@ MAX_PROMPT_CHARS = 4000
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image (first frame of an animation), or raise ``InputError``.
+    """Open and fully decode an image file (first frame of an animation), or raise ``InputError``.
 
     Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is enforced as an error,
     not a warning, so a hostile file cannot exhaust memory.
@@ -23,21 +23,26 @@ def load_image(path: str | Path) -> Image.Image:
         raise InputError(f"image not found: {path}")
     if path.stat().st_size == 0:
         raise InputError(f"image is empty (0 bytes): {path}")
+    return decode_image(path, str(path))
+
+
+def decode_image(source, name: str = "image") -> Image.Image:
+    """Decode an image from a path or a binary file object (the same checks as ``load_image``)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.seek(0)
                 img.load()
                 frame = img.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"image rejected as a decompression bomb: {path} ({e})") from None
+        raise InputError(f"image rejected as a decompression bomb: {name} ({e})") from None
     except UnidentifiedImageError:
-        raise InputError(f"not an image Pillow can read: {path}") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
-        raise InputError(f"unreadable image {path}: {e}") from None
+        raise InputError(f"not an image Pillow can read: {name}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
+        raise InputError(f"unreadable image {name}: {e}") from None
     if frame.width < 1 or frame.height < 1:
-        raise InputError(f"image has no pixels: {path}")
+        raise InputError(f"image has no pixels: {name}")
     return frame
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,28 @@ class Answer:
     caption: str | None = None  # the ACCM caption spliced into the prompt
     candidates: list[str] | None = None
     first_logits: np.ndarray | None = None  # the logits the first answer token was chosen from
+
+
+@dataclasses.dataclass
+class Run:
+    """One batch in flight: what the steps of ``Pipeline.start`` and ``decode_steps`` hand on."""
+
+    limits: np.ndarray  # max new tokens per row
+    t_start: float
+    timings: dict = dataclasses.field(default_factory=dict)
+    kept_index: np.ndarray | None = None
+    captions: list = dataclasses.field(default_factory=list)
+    candidates: list | None = None
+    llm_kept: dict = dataclasses.field(default_factory=dict)
+    masks: list = dataclasses.field(default_factory=list)
+    past: list = dataclasses.field(default_factory=list)
+    next_pos: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    first_logits: np.ndarray | None = None
+    prompt_tokens: np.ndarray | None = None
+    generated: list = dataclasses.field(default_factory=list)
+    done: np.ndarray | None = None
+    decode_ms: list = dataclasses.field(default_factory=list)
 
 
 def _ms(t0: float) -> float:
@@ -92,35 +114,59 @@ class Pipeline:
             n_cur = k
         return masks
 
-    # generation ------------------------------------------------------------------------------
-    def generate(self, images, prompts: list[str], max_new_tokens: int = 32, captions=None,
+    # generation, in named steps ------------------------------------------------------------
+    def generate(self, images, prompts: list[str], max_new_tokens: int | list[int] = 32, captions=None,
                  on_token: Callable[[int, int], None] | None = None, ignore_eos: bool = False) -> list[Answer]:
-        """Answer each (image, prompt). ``ignore_eos`` (benchmarks) always decodes ``max_new_tokens``."""
+        """Answer each (image, prompt). ``max_new_tokens`` may differ per prompt (a row that has its
+        tokens stops while the others go on). ``ignore_eos`` (benchmarks) always decodes them all."""
+        run = self.start(images, prompts, max_new_tokens, captions)
+        for tokens, fresh in self.decode_steps(run, ignore_eos):
+            if on_token is not None:
+                for b in np.flatnonzero(fresh):
+                    on_token(int(b), int(tokens[b]))
+        return self.answers(run)
+
+    def start(self, images, prompts: list[str], max_new_tokens: int | list[int] = 32, captions=None) -> Run:
+        """Everything up to the first answer token: images → (captions) → prompt ids → prefill."""
         if len(images) != len(prompts):
             raise InputError("one prompt per image")
-        if max_new_tokens < 1:
+        limits = np.asarray([max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else max_new_tokens)
+        if len(limits) != len(prompts) or (limits < 1).any():
             raise InputError("--max-new-tokens must be at least 1")
-        t_start = time.perf_counter()
-        timings: dict = {}
         for p in prompts:
             check_prompt(p)
+        run = Run(limits=limits, t_start=time.perf_counter())
+        vis = self.encode_images(images, run.timings)
+        run.kept_index = vis["kept_index"]
+        run.captions, run.candidates = self.compensate(vis, prompts, captions, run.timings)
+        ids, pos, mask = self.build_inputs(prompts, run.captions, run.kept_index, int(limits.max()))
+        self.run_prefill(run, ids, pos, mask, vis["image_embeds"])
+        return run
+
+    def encode_images(self, images, timings: dict) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
         pixels = np.stack([preprocess(im, self.spec) for im in images])
         timings["preprocess"] = _ms(t0)
         t0 = time.perf_counter()
         vis = self.vision.run({"pixel_values": pixels})
         timings["vision"] = _ms(t0)
-        image_embeds, kept_index = vis["image_embeds"], vis["kept_index"]
-        comp = None
-        if captions is None and self.compensator is not None:
-            comp = self.compensator(vis["discarded_features"], vis["discarded_index"], vis["discarded_scores"],
-                                    prompts)
-            captions = comp.captions
-            timings["caption"], timings["selection"] = comp.caption_ms, comp.selection_ms
-        captions = captions or [None] * len(prompts)
-        parts = [self.prompt_ids(p, c) for p, c in zip(prompts, captions)]
+        return vis
+
+    def compensate(self, vis: dict, prompts: list[str], captions, timings: dict):
+        """(captions, candidates): ACCM's selected captions of the discarded tokens, if the bundle has
+        ACCM and none were given."""
+        if captions is not None or self.compensator is None:
+            return captions or [None] * len(prompts), None
+        comp = self.compensator(vis["discarded_features"], vis["discarded_index"], vis["discarded_scores"], prompts)
+        timings["caption"], timings["selection"] = comp.caption_ms, comp.selection_ms
+        return comp.captions, comp.candidates
+
+    def build_inputs(self, prompts: list[str], captions: list, kept_index: np.ndarray, max_new_tokens: int):
+        """Left-padded (ids, position ids, mask): each prompt with its kept image tokens at their
+        original positions."""
         rows, positions = [], []
-        for b, (prefix, suffix) in enumerate(parts):
+        for b, (p, c) in enumerate(zip(prompts, captions)):
+            prefix, suffix = self.prompt_ids(p, c)
             ids, pos = build_prompt_ids(prefix, suffix, kept_index[b], self.tokens["image_token_id"],
                                         self.tokens["n_patches"])
             rows.append(ids)
@@ -129,67 +175,72 @@ class Pipeline:
         if longest >= self.dims.get("max_positions", 1 << 30):
             raise InputError(f"prompt too long: {longest} positions with the answer, the model has "
                              f"{self.dims['max_positions']}")
-        ids, pos, mask = left_pad(rows, positions, self.tokens["pad_token_id"])
+        return left_pad(rows, positions, self.tokens["pad_token_id"])
+
+    def run_prefill(self, run: Run, ids, pos, mask, image_embeds) -> None:
         t0 = time.perf_counter()
         image_slot = ids == self.tokens["image_token_id"]
         embeds = self.embed_ids(np.where(image_slot, 0, ids))
         embeds[image_slot] = image_embeds.reshape(-1, image_embeds.shape[-1])
         out = self.prefill.run({"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask,
                                 "position_ids": pos})
-        timings["prefill"] = _ms(t0)
-        starts = image_slot.argmax(1)
-        kept = {layer: out[f"kept_index.{layer}"] for layer in self.prune_points}
-        masks = self.group_masks(mask, starts, kept)
-        n_layers = self.dims["num_layers"]
-        past = [out[f"present.{li}.{kind}"] for li in range(n_layers) for kind in ("key", "value")]
-        next_pos = np.where(mask > 0, pos, -1).max(1) + 1
-        logits = out["logits"]
-        first_logits = logits
+        run.timings["prefill"] = _ms(t0)
+        run.llm_kept = {layer: out[f"kept_index.{layer}"] for layer in self.prune_points}
+        run.masks = self.group_masks(mask, image_slot.argmax(1), run.llm_kept)
+        run.past = [out[f"present.{li}.{kind}"] for li in range(self.dims["num_layers"]) for kind in ("key", "value")]
+        run.next_pos = np.where(mask > 0, pos, -1).max(1) + 1
+        run.logits = run.first_logits = out["logits"]
+        run.prompt_tokens = mask.sum(1)
+        run.generated = [[] for _ in range(len(ids))]
+        run.done = np.zeros(len(ids), dtype=bool)
+
+    def decode_steps(self, run: Run, ignore_eos: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One greedy token per step for every row still going: yields (tokens, which rows got a
+        new token). Public so a server can stream rows and let finished ones go."""
         eos, pad = self.tokens["eos_token_id"], self.tokens["pad_token_id"]
-        bsz = len(prompts)
-        done = np.zeros(bsz, dtype=bool)
-        generated: list[list[int]] = [[] for _ in range(bsz)]
-        decode_ms = []
-        for step in range(max_new_tokens):
-            token = logits.argmax(-1).astype(np.int64)
-            token = np.where(done, pad, token)
-            for b in range(bsz):
-                if not done[b]:
-                    generated[b].append(int(token[b]))
-                    if on_token is not None:
-                        on_token(b, int(token[b]))
+        n_layers, bsz = self.dims["num_layers"], len(run.done)
+        for step in range(int(run.limits.max())):
+            fresh = ~run.done
+            token = np.where(run.done, pad, run.logits.argmax(-1).astype(np.int64))
+            for b in np.flatnonzero(fresh):
+                run.generated[b].append(int(token[b]))
             if step == 0:
-                timings["ttft"] = _ms(t_start)
+                run.timings["ttft"] = _ms(run.t_start)
             if not ignore_eos:
-                done |= token == eos
-            if done.all() or step + 1 == max_new_tokens:
+                run.done |= token == eos
+            run.done |= step + 1 >= run.limits
+            yield token, fresh
+            if run.done.all():
                 break
             t0 = time.perf_counter()
-            masks = [np.concatenate([m, np.ones((bsz, 1), m.dtype)], 1) for m in masks]
-            feeds = {"inputs_embeds": self.embed_ids(token[:, None]), "position_ids": (next_pos + step)[:, None]}
-            feeds.update({f"attention_mask.{g}": m for g, m in enumerate(masks)})
-            feeds.update({f"past.{li}.{kind}": past[2 * li + j] for li in range(n_layers)
+            run.masks = [np.concatenate([m, np.ones((bsz, 1), m.dtype)], 1) for m in run.masks]
+            feeds = {"inputs_embeds": self.embed_ids(token[:, None]), "position_ids": (run.next_pos + step)[:, None]}
+            feeds.update({f"attention_mask.{g}": m for g, m in enumerate(run.masks)})
+            feeds.update({f"past.{li}.{kind}": run.past[2 * li + j] for li in range(n_layers)
                           for j, kind in enumerate(("key", "value"))})
             res = self.decode.run(feeds)
-            logits = res["logits"]
-            past = [res[f"present.{li}.{kind}"] for li in range(n_layers) for kind in ("key", "value")]
-            decode_ms.append(_ms(t0))
-        timings["decode_steps"] = decode_ms
-        timings["total"] = _ms(t_start)
-        answers = []
-        for b in range(bsz):
-            toks = [t for t in generated[b] if t != eos]
-            answers.append(Answer(
-                text=self.tokenizer.decode(toks, skip_special_tokens=True).strip(),
-                token_ids=generated[b],
-                counts={"image_tokens_kept": int(kept_index.shape[1]), "prompt_tokens": int(mask[b].sum()),
-                        "generated": len(generated[b]),
-                        "llm_image_tokens_per_layer": self.manifest["pruning"]["layer_counts"]},
-                timings_ms=timings,
-                kept_index=kept_index[b].tolist(),
-                llm_kept={layer: kept[layer][b].tolist() for layer in kept},
-                caption=captions[b],
-                candidates=comp.candidates[b] if comp is not None else None,
-                first_logits=first_logits[b],
-            ))
-        return answers
+            run.logits = res["logits"]
+            run.past = [res[f"present.{li}.{kind}"] for li in range(n_layers) for kind in ("key", "value")]
+            run.decode_ms.append(_ms(t0))
+
+    def answer(self, run: Run, b: int) -> Answer:
+        """Row ``b`` of a run, as far as it has decoded."""
+        eos = self.tokens["eos_token_id"]
+        toks = [t for t in run.generated[b] if t != eos]
+        timings = {**run.timings, "decode_steps": list(run.decode_ms), "total": _ms(run.t_start)}
+        return Answer(
+            text=self.tokenizer.decode(toks, skip_special_tokens=True).strip(),
+            token_ids=list(run.generated[b]),
+            counts={"image_tokens_kept": int(run.kept_index.shape[1]), "prompt_tokens": int(run.prompt_tokens[b]),
+                    "generated": len(run.generated[b]),
+                    "llm_image_tokens_per_layer": self.manifest["pruning"]["layer_counts"]},
+            timings_ms=timings,
+            kept_index=run.kept_index[b].tolist(),
+            llm_kept={layer: kept[b].tolist() for layer, kept in run.llm_kept.items()},
+            caption=run.captions[b],
+            candidates=run.candidates[b] if run.candidates is not None else None,
+            first_logits=run.first_logits[b],
+        )
+
+    def answers(self, run: Run) -> list[Answer]:
+        return [self.answer(run, b) for b in range(len(run.done))]
