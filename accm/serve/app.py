@@ -1,5 +1,8 @@
 """The FastAPI app: OpenAI chat completions (streaming or not), models, health, metrics.
 
+FastAPI reads the route signatures' annotations at run time, so ``Request`` is imported at module
+level (this module is the ``[serve]`` extra's; nothing else imports it).
+
 Bad input is an OpenAI-style one-line JSON error: 400 (unreadable or non-image data, bombs,
 empty or over-long prompts, remote URLs, files outside ``--allow-files``), 401 (missing or wrong
 API key), 404 (unknown model), 413 (body over ``--max-body-mb``), 503 with ``Retry-After``
@@ -17,6 +20,9 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .batcher import Job, ModelWorker, QueueFull
 from .metrics import Metrics
@@ -69,8 +75,6 @@ class Server:
 
 
 def _error(e: ApiError):
-    from fastapi.responses import JSONResponse
-
     headers = {"Retry-After": "1"} if e.status == 503 else None
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
@@ -105,9 +109,6 @@ def _chunk(cid: str, model: str, delta: dict, reason: str | None = None, **extra
 
 def build_app(get_server: Callable[[], Server]):
     """The app; ``get_server`` returns this process's Server (one per process or Ray replica)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-
     app = FastAPI(title="accm-serve", docs_url=None, redoc_url=None)
 
     def authorise(request: Request, server: Server) -> None:
