@@ -40,6 +40,43 @@ def test_gsearch_tolerance_trades_score_for_tokens():
     assert evaluate(loose) >= evaluate([576] * 6) - 0.05
 
 
+def _noisy_hits(need, n: int, seed: int = 0):
+    """Per-question hits: a question is lost when its layer-wise requirement is cut, plus noise
+    that is the same for every schedule (so the full-token run has its own misses)."""
+    rng = np.random.default_rng(seed)
+    demand = rng.integers(0, 577, size=(n, len(need)))  # what each question needs per layer
+    demand = np.minimum(demand, np.asarray(need)[None, :])
+    hard = rng.random(n) < 0.2
+
+    def evaluate(counts):
+        ok = (np.asarray(counts)[None, :] >= demand).all(1)
+        return ok & ~hard
+
+    return evaluate
+
+
+def test_gsearch_with_z_accepts_only_cuts_whose_upper_bound_fits_the_tolerance():
+    need = [576, 576, 300, 200, 200, 100]
+    plain = search.CachedEvaluator(_noisy_hits(need, 400))
+    careful = search.CachedEvaluator(_noisy_hits(need, 400))
+    loose = search.g_search(plain, 6, 576, tolerance=0.01)
+    strict = search.g_search(careful, 6, 576, tolerance=0.01, z=1.645)
+    assert sum(strict) >= sum(loose)  # the confidence bound never allows a deeper cut
+    full = careful.samples[(576,) * 6]
+    drop, se = search.paired_drop(full, careful.samples[tuple(strict)])
+    assert drop + 1.645 * se <= 0.01 + 1e-12
+    drop_loose, se_loose = search.paired_drop(plain.samples[(576,) * 6], plain.samples[tuple(loose)])
+    assert drop_loose <= 0.01 + 1e-12 and se_loose > 0
+
+
+def test_paired_drop_standard_error():
+    full = np.array([1, 1, 1, 1, 0, 0, 1, 1], float)
+    other = np.array([1, 0, 1, 1, 0, 1, 1, 0], float)
+    drop, se = search.paired_drop(full, other)
+    d = full - other
+    assert drop == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / np.sqrt(8))
+
+
 def test_sigmoid_ratios_shape():
     r = search.sigmoid_ratios(1.5, 3.0, 0.1, 8)
     assert r[0] == 1.0 and np.all(np.diff(r) <= 0) and r[-1] >= 0.1

@@ -45,7 +45,7 @@ def _scorer(lm, samples, args):
     from ..pruning.search_eval import ScheduleScorer
 
     scorer = ScheduleScorer(lm.model, lm.processor, lm.template, samples, batch_size=args.batch_size)
-    return scorer, CachedEvaluator(scorer)
+    return scorer, CachedEvaluator(scorer.hits)
 
 
 def _dims(lm, samples):
@@ -69,9 +69,10 @@ def _write(args, counts, meta) -> None:
 def _gsearch(args) -> int:
     from tqdm import tqdm
 
+    from ..bench.stats import standard_error
     from ..pruning.flops import schedule_flops_ratio
     from ..pruning.schedule import Schedule
-    from ..pruning.search import g_search
+    from ..pruning.search import g_search, paired_drop
 
     lm, samples, val, digest = _context(args)
     scorer, evaluate = _scorer(lm, samples, args)
@@ -79,12 +80,17 @@ def _gsearch(args) -> int:
     t0 = time.perf_counter()
     bar = tqdm(total=dims.layers - 1, desc="G-Search", unit="layer", disable=args.quiet)
     counts = g_search(evaluate, dims.layers, dims.patches, args.tolerance,
-                      progress=lambda layer, c: (bar.update(), bar.set_postfix_str(str(c[layer]))))
+                      progress=lambda layer, c: (bar.update(), bar.set_postfix_str(str(c[layer]))), z=args.z)
     bar.close()
-    full = evaluate([dims.patches] * dims.layers)
+    full_counts = [dims.patches] * dims.layers
+    full = evaluate(full_counts)
+    score = evaluate(counts)
+    drop, se = paired_drop(evaluate.samples[tuple(full_counts)], evaluate.samples[tuple(counts)])
     _write(args, counts, {
         "method": "gsearch", "model": lm.source.name, "model_digest": digest, "metric": scorer.metric,
-        "score": evaluate(counts), "full_score": full, "tolerance": args.tolerance, "val": val,
+        "score": score, "full_score": full, "val_n": len(samples),
+        "score_se": standard_error(score, len(samples)), "drop": drop, "drop_se": se,
+        "tolerance": args.tolerance, "z": args.z, "val": val,
         "prefill_flops_ratio": schedule_flops_ratio(dims, Schedule.per_layer(counts), n_text),
         "evaluations": evaluate.log.evaluations, "seconds": round(time.perf_counter() - t0, 1)})
     return 0
@@ -155,7 +161,10 @@ def build_parser() -> Parser:
     r.set_defaults(func=_ranks)
     g = sub.add_parser("gsearch", help="greedy per-layer search, shallow to deep")
     common(g)
-    g.add_argument("--tolerance", type=float, default=0.0, help="allowed drop of the validation score")
+    g.add_argument("--tolerance", type=float, default=0.0, help="allowed drop of the validation score (0.01 = 1 point)")
+    g.add_argument("--z", type=float, default=0.0,
+                   help="accept a cut only if drop + z x its paired standard error <= tolerance "
+                        "(1.645: one-sided 95%%)")
     g.set_defaults(func=_gsearch)
     s = sub.add_parser("psigmoid", help="P-Sigmoid curve tuned by Bayesian optimisation for a budget")
     common(s)

@@ -37,35 +37,63 @@ class SearchLog:
 
 
 class CachedEvaluator:
-    """Wraps ``evaluate(counts)``; every distinct schedule is evaluated once."""
+    """Wraps ``evaluate(counts)`` (a score, or per-sample hits whose mean is the score); every
+    distinct schedule is evaluated once."""
 
-    def __init__(self, evaluate: Callable[[tuple[int, ...]], float]):
+    def __init__(self, evaluate: Callable[[tuple[int, ...]], float | np.ndarray]):
         self.evaluate = evaluate
         self.cache: dict[tuple[int, ...], float] = {}
+        self.samples: dict[tuple[int, ...], np.ndarray] = {}
         self.log = SearchLog()
 
     def __call__(self, counts) -> float:
         key = tuple(int(c) for c in counts)
         if key not in self.cache:
             t0 = time.perf_counter()
-            self.cache[key] = float(self.evaluate(key))
+            value = self.evaluate(key)
+            if isinstance(value, np.ndarray):
+                self.samples[key] = value.astype(np.float64)
+                value = value.mean()
+            self.cache[key] = float(value)
             self.log.evaluations += 1
             self.log.seconds += time.perf_counter() - t0
             self.log.trace.append({"counts": list(key), "score": self.cache[key]})
         return self.cache[key]
 
 
+def paired_drop(full: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(mean drop, its standard error) of ``other`` against ``full`` on the same samples."""
+    d = full - other
+    n = len(d)
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("inf")
+
+
 def g_search(evaluate: CachedEvaluator, num_layers: int, n_image: int, tolerance: float = 0.0,
-             progress: Callable[[int, list[int]], None] | None = None) -> list[int]:
-    """The per-layer counts found shallow to deep (non-increasing, layer 0 = ``n_image``)."""
+             progress: Callable[[int, list[int]], None] | None = None, z: float = 0.0) -> list[int]:
+    """The per-layer counts found shallow to deep (non-increasing, layer 0 = ``n_image``).
+
+    A candidate is accepted when its validation drop from the full-token score is at most
+    ``tolerance``; with ``z > 0`` (and per-sample hits from the evaluator) when the upper
+    confidence bound ``drop + z · SE`` is, SE being the paired standard error of the drop on the
+    same questions: so the validation set's own noise cannot let a harmful cut through.
+    """
     full = [n_image] * num_layers
-    target = evaluate(full) - tolerance
+    full_score = evaluate(full)
+    full_hits = evaluate.samples.get(tuple(full))
+
+    def accept(candidate: list[int]) -> bool:
+        score = evaluate(candidate)
+        if z > 0 and full_hits is not None:
+            drop, se = paired_drop(full_hits, evaluate.samples[tuple(int(c) for c in candidate)])
+            return drop + z * se <= tolerance
+        return score >= full_score - tolerance
+
     counts = list(full)
     for layer in range(1, num_layers):
         lo, hi = 0, counts[layer - 1]
         while lo < hi:
             mid = (lo + hi) // 2
-            if evaluate(counts[:layer] + [mid] * (num_layers - layer)) >= target:
+            if accept(counts[:layer] + [mid] * (num_layers - layer)):
                 hi = mid
             else:
                 lo = mid + 1

@@ -91,10 +91,14 @@ class ScheduleScorer:
             out += [normalise(tok.decode(t, skip_special_tokens=True)) for t in tokens]
         return out
 
-    def __call__(self, counts) -> float:
+    def hits(self, counts) -> np.ndarray:
+        """Per validation sample: whether the schedule's answer is right (or agrees)."""
         got = self.answers(Schedule.per_layer(counts))
         gold = [s.answer for s in self.samples] if self.labelled else self.reference
-        return float(np.mean([a == b for a, b in zip(got, gold)]))
+        return np.asarray([a == b for a, b in zip(got, gold)], dtype=bool)
+
+    def __call__(self, counts) -> float:
+        return float(self.hits(counts).mean())
 
 
 @torch.no_grad()
