@@ -71,7 +71,7 @@ def main() -> None:
 
         ref = ReferencePipeline(lm.model, lm.processor, vision_keep=k, template=lm.template)
         vis = ref.vision(ref.pixel_values(imgs))
-        c = comp(vis.discarded, vis.discarded_index, qs)
+        c = comp(vis.discarded, vis.discarded_index, vis.discarded_scores, qs)
         cap_tokens = float(np.mean([len(encode(t)) for t in c.captions]))
         beam_tokens = float(np.mean([len(b.tokens) for row_b in c.beams for b in row_b]))
         q_tokens = float(np.mean([len(q) for q in comp.question_ids(qs)]))

@@ -60,3 +60,16 @@ def test_decode_and_pipeline():
     assert pruned < full
     stages = flops.pipeline_flops(d, Schedule.none(), 64, vision_keep=64, extra={"caption": 1e9})
     assert stages["total"] == pytest.approx(stages["vision"] + stages["llm_prefill"] + 1e9)
+
+
+def test_compensation_flops_count_only_the_tokens_the_mapper_reads():
+    from accm.compensation.flops import compensation_flops, encoder_layer
+    from accm.models.caption import CaptionConfig
+    from accm.models.selector import SelectorConfig
+
+    sel = SelectorConfig(encoder={"n_embd": 96, "n_layer": 2}, hidden=128, layers=2, heads=4)
+    full = compensation_flops(CaptionConfig(vision_dim=128, hidden=96), sel, 558, 12, 10, 30)
+    cheap = compensation_flops(CaptionConfig(vision_dim=128, hidden=96, input_tokens=64), sel, 558, 12, 10, 30)
+    assert cheap["caption_lm"] == full["caption_lm"] and cheap["selector"] == full["selector"]
+    assert cheap["caption_mapper"] == 2 * 64 * 128 * 96 + encoder_layer(64 + 10, 96, 192)
+    assert full["caption_mapper"] > 8 * cheap["caption_mapper"]

@@ -19,7 +19,10 @@ def cached_step(context: int, width: int, ffn: int) -> float:
 
 def compensation_flops(caption_cfg, selector_cfg, n_discarded: int, question_tokens: int, caption_tokens: int,
                        selector_tokens: int) -> dict[str, float]:
-    """FLOPs of one sample's compensation, per module."""
+    """FLOPs of one sample's compensation, per module. The mapper reads the ``input_tokens`` top-scored
+    discarded tokens when its config sets them (the selection itself, a top-k, is not counted)."""
+    if getattr(caption_cfg, "input_tokens", None):
+        n_discarded = min(n_discarded, caption_cfg.input_tokens)
     d = caption_cfg.hidden
     p = caption_cfg.prefix_len
     mapper = 2 * n_discarded * caption_cfg.vision_dim * d
