@@ -7,7 +7,7 @@ Methods at each budget k in {576, 192, 128, 64, 32, 18}:
 plus any schedule JSON files given with --schedule (e.g. G-Search / P-Sigmoid results), and
 the fraction of kept tokens that land on objects. Runs the PyTorch reference (accm.bench.accuracy).
 
-    python benchmarks/accuracy_sweep.py --n 500 --json benchmarks/results/accuracy_sweep.json \
+    python benchmarks/accuracy_sweep.py --n 1000 --seed 101 --json benchmarks/results/accuracy_sweep.json \
         --csv benchmarks/results/accuracy_sweep.csv --plot benchmarks/results/accuracy_sweep.png
 """
 
@@ -33,8 +33,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
-    ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=101)
     ap.add_argument("--budgets", type=int, nargs="+", default=BUDGETS)
     ap.add_argument("--schedule", nargs="*", default=[], help="extra schedule specs or JSON files")
     ap.add_argument("--json", default="benchmarks/results/accuracy_sweep.json")
@@ -61,8 +61,8 @@ def main() -> None:
                                                   round(sched.mean_tokens(dims.layers, dims.patches))),
                    flops_ratio=schedule_flops_ratio(dims, sched, n_text, keep))
         runs.append(res)
-        print(f"{method:10s} k={res['budget']:>4} acc={res['accuracy']:.3f} on-object={res['kept_on_object']:.3f} "
-              f"flops={res['flops_ratio']:.3f}", flush=True)
+        print(f"{method:10s} k={res['budget']:>4} acc={res['accuracy']:.3f} {res['ci95']} "
+              f"on-object={res['kept_on_object']:.3f} flops={res['flops_ratio']:.3f}", flush=True)
 
     for k in args.budgets:
         if k == dims.patches:
@@ -80,9 +80,11 @@ def main() -> None:
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     with open(args.csv, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "budget", "accuracy", "kept_on_object", "flops_ratio", *sorted(runs[0]["per_family"])])
+        w.writerow(["method", "budget", "accuracy", "ci95_low", "ci95_high", "kept_on_object", "flops_ratio",
+                    *sorted(runs[0]["per_family"])])
         for r in runs:
-            w.writerow([r["method"], r["budget"], f"{r['accuracy']:.4f}", f"{r['kept_on_object']:.4f}",
+            w.writerow([r["method"], r["budget"], f"{r['accuracy']:.4f}", f"{r['ci95'][0]:.4f}", f"{r['ci95'][1]:.4f}",
+                        f"{r['kept_on_object']:.4f}",
                         f"{r['flops_ratio']:.4f}", *[f"{r['per_family'][k]:.4f}" for k in sorted(r["per_family"])]])
     plot(report, Path(args.plot))
 
@@ -97,7 +99,9 @@ def plot(report: dict, path: Path) -> None:
     full = next(r for r in report["runs"] if r["method"] == "full")
     for method, style in (("vision", "o-"), ("fastv", "s-"), ("random", "x--")):
         rows = sorted((r for r in report["runs"] if r["method"] == method), key=lambda r: r["budget"])
-        axes[0].plot([r["budget"] for r in rows], [r["accuracy"] for r in rows], style, label=method)
+        err = [[r["accuracy"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["accuracy"] for r in rows]]
+        axes[0].errorbar([r["budget"] for r in rows], [r["accuracy"] for r in rows], yerr=err, fmt=style,
+                         capsize=2, label=method)
         axes[1].plot([r["flops_ratio"] for r in rows], [r["accuracy"] for r in rows], style, label=method)
     for r in report["runs"]:
         if r["method"] not in ("vision", "fastv", "random", "full"):

@@ -119,9 +119,13 @@ class TorchAnswerer:
 
 
 def evaluate(answer, n: int = 500, seed: int = 0, batch_size: int = 16, max_new_tokens: int = 4,
-             split: str = "test", progress: bool = True) -> dict:
+             split: str = "test", progress: bool = True, keep_hits: bool = False) -> dict:
+    """Accuracy on ``n`` questions of ``split`` (``seed`` picks them), per family, with 95 % Wilson
+    intervals and the train-frequency blind baselines. ``keep_hits``: also every question's hit,
+    in question order, so two configurations can be compared pairwise on the same questions."""
     samples = shapes.benchmark(split, n, seed)
     hits: dict[str, list[bool]] = defaultdict(list)
+    ordered: list[bool] = []
     on_object_vision, on_object_llm = [], []
     t0 = time.time()
     bar = tqdm(total=len(samples), desc="accuracy", unit="q", disable=not progress)
@@ -132,6 +136,7 @@ def evaluate(answer, n: int = 500, seed: int = 0, batch_size: int = 16, max_new_
         for x, sc, p in zip(chunk, scenes, preds):
             options = p.alternatives if p.alternatives is not None else [p.text]
             hits[x.family].append(any(normalise(o) == x.answer for o in options))
+            ordered.append(hits[x.family][-1])
             on_obj = sc.patch_object >= 0
             on_object_vision.append(float(on_obj[p.vision_kept].mean()))
             if p.llm_kept is not None:
@@ -154,7 +159,18 @@ def evaluate(answer, n: int = 500, seed: int = 0, batch_size: int = 16, max_new_
     }
     if on_object_llm:
         out["llm_kept_on_object"] = float(np.mean(on_object_llm))
+    if keep_hits:
+        out["hits"] = [int(h) for h in ordered]
     return out
+
+
+def paired_difference(hits_a, hits_b) -> dict:
+    """``a - b`` in accuracy on the same questions: the mean and its 95 % interval (normal
+    approximation on the per-question differences, which pairs away the shared difficulty)."""
+    d = np.asarray(hits_a, dtype=np.float64) - np.asarray(hits_b, dtype=np.float64)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"difference": float(d.mean()), "ci95": [round(float(d.mean()) - 1.96 * se, 4),
+                                                    round(float(d.mean()) + 1.96 * se, 4)], "se": se}
 
 
 def interval(hits) -> list[float]:
