@@ -66,7 +66,8 @@ def test_beam_search_ties_go_to_the_lower_token():
 def toy_compensator(tmp_path_factory):
     model, proc = random_llava(seed=8)
     lm = loaded_model(model, proc, tmp_path_factory.mktemp("m"))
-    recipe = AccmRecipe(max_caption_tokens=9, input_tokens=48)  # the mapper reads the top-48 discarded
+    # the mapper reads the top-48 discarded tokens, and the caption LM attends to all of them
+    recipe = AccmRecipe(max_caption_tokens=9, input_tokens=48, prefix_all_tokens=1)
     torch.manual_seed(0)
     cap = CaptionModel(caption_config(lm, recipe))
     with torch.no_grad():

@@ -27,7 +27,7 @@ def compensation_flops(caption_cfg, selector_cfg, n_discarded: int, question_tok
     p = caption_cfg.prefix_len
     mapper = 2 * n_discarded * caption_cfg.vision_dim * d
     mapper += caption_cfg.mapper_layers * encoder_layer(n_discarded + p, d, 2 * d)
-    first = question_tokens + p
+    first = question_tokens + p + (n_discarded if getattr(caption_cfg, "prefix_all_tokens", False) else 0)
     lm = caption_cfg.lm_layers * encoder_layer(first, d, 4 * d) + 2 * d * caption_cfg.vocab_size
     for t in range(caption_tokens):
         lm += caption_cfg.beams * (caption_cfg.lm_layers * cached_step(first + t + 1, d, 4 * d)

@@ -53,6 +53,7 @@ class AccmRecipe:
     caption_layers: int = 2
     caption_heads: int = 4
     input_tokens: int = 0  # m: the mapper reads the m discarded tokens the CLS ranks highest (0: all)
+    prefix_all_tokens: int = 0  # 1: the caption LM attends to every mapped token, not only P summary slots
     beams: int = 3
     max_caption_tokens: int = 67
     selector_hidden: int = 128
@@ -71,8 +72,11 @@ def caption_config(lm, recipe: AccmRecipe) -> CaptionConfig:
         vision_dim=cfg.vision_config.hidden_size, n_patches=n_patches, vocab_size=len(tok),
         prefix_len=recipe.prefix_len, hidden=recipe.caption_hidden, mapper_layers=recipe.mapper_layers,
         mapper_heads=recipe.caption_heads, lm_layers=recipe.caption_layers, lm_heads=recipe.caption_heads,
-        max_positions=recipe.max_caption_tokens + 96, max_caption_tokens=recipe.max_caption_tokens,
+        max_positions=recipe.max_caption_tokens + 96
+        + bool(recipe.prefix_all_tokens) * (recipe.input_tokens or n_patches),
+        max_caption_tokens=recipe.max_caption_tokens,
         beams=recipe.beams, input_tokens=recipe.input_tokens or None,
+        prefix_all_tokens=bool(recipe.prefix_all_tokens),
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, stop_token_ids=(stop,),
     )

@@ -6,7 +6,9 @@ that chose the kept tokens: on a scene, the next objects in line), which cuts it
 ``N - k`` over m. It linearly maps each token to the LM width, adds a learned embedding of the
 token's patch index (ClipCap has no positions; our captions name locations, and the
 kept/discarded split removes the raster layout), appends P learned prefix constants, runs a
-small pre-norm transformer and outputs the last P positions: the prefix. The LM (``transformers.GPT2LMHeadModel``) reads
+small pre-norm transformer and outputs the last P positions: the prefix (ClipCap's form), or,
+with ``prefix_all_tokens``, every position, so the caption LM can attend to each discarded token
+itself instead of reading them through P summary vectors. The LM (``transformers.GPT2LMHeadModel``) reads
 ``[question embeddings ; prefix]`` and writes the caption. It uses the VLM's own tokenizer, so
 captions re-tokenize exactly when spliced into the prompt.
 """
@@ -38,6 +40,7 @@ class CaptionConfig:
     max_positions: int = 160
     max_caption_tokens: int = 67
     input_tokens: int | None = None  # m: the mapper reads the m highest-scored discarded tokens (None: all)
+    prefix_all_tokens: bool = False  # the LM reads every mapped token, not only the P summary slots
     beams: int = 3
     bos_token_id: int = 1
     eos_token_id: int = 2
@@ -81,6 +84,7 @@ class Mapper(nn.Module):
         self.transformer = encoder_layers(cfg.hidden, cfg.mapper_heads, cfg.mapper_layers)
         self.prefix_len = cfg.prefix_len
         self.input_tokens = cfg.input_tokens
+        self.all_tokens = cfg.prefix_all_tokens
 
     def forward(self, discarded: torch.Tensor, discarded_index: torch.Tensor,
                 discarded_scores: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,7 +97,8 @@ class Mapper(nn.Module):
             discarded_index = torch.gather(discarded_index, 1, pos)
         x = self.linear(discarded) + self.patch_embed(discarded_index)
         const = self.prefix_const.unsqueeze(0).expand(x.shape[0], -1, -1)
-        return self.transformer(torch.cat([x, const], dim=1))[:, -self.prefix_len:]
+        out = self.transformer(torch.cat([x, const], dim=1))
+        return out if self.all_tokens else out[:, -self.prefix_len:]
 
 
 class CaptionModel(nn.Module):
