@@ -39,8 +39,10 @@ class BaseRecipe:
     llm_batch: int = 16
     llm_lr: float = 1e-3
     questions_per_image: int = 8
-    final_gate_acc: float = 0.95
-    final_gate_min_family: float = 0.90
+    # the last level's gate (val, whole scenes, 576 tokens), above the shipped model's targets
+    # (test overall >= 0.90, every family >= 0.80) by a margin for the val/test difference
+    final_gate_acc: float = 0.93
+    final_gate_min_family: float = 0.85
     seed: int = 0
     eval_every: int = 250
     eval_scenes: int = 200
