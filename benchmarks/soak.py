@@ -38,7 +38,7 @@ def main() -> None:
     from accm.bench.latency import machine
     from accm.cli._common import DEFAULT_VISION_KEEP
     from accm.export.default import default_options, ensure_bundle
-    from accm.runtime.inputs import load_image
+    from accm.inputs import load_image
     from accm.runtime.pipeline import Pipeline
 
     ap = argparse.ArgumentParser()

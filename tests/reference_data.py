@@ -29,7 +29,7 @@ def samples() -> list[tuple[str, str]]:
 
 
 def images(rows):
-    from accm.runtime.inputs import load_image
+    from accm.inputs import load_image
 
     return [load_image(EXAMPLES / name) for name, _ in rows]
 

@@ -23,7 +23,7 @@ def test_loads_with_plain_from_pretrained_and_yields_576_image_tokens(tiny):
     model, proc = tiny
     image = shapes.render_scene("test", 0).pil()
     prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"},
-                                       {"type": "text", "text": "what color is the circle ?"}]}],
+                                       {"type": "text", "text": "what color is at c4 ?"}]}],
                                       add_generation_prompt=True)
     inputs = proc(images=image, text=prompt, return_tensors="pt")
     assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 576
@@ -44,46 +44,49 @@ def test_bundle_matches_reference(tiny, tmp_path, keep, schedule):
     assert_parity(*tiny, tmp_path / "b", keep, schedule, images, prompts)
 
 
+def _accuracy(capsys, *args) -> dict:
+    from accm.cli import bench
+
+    assert bench.main(["accuracy", "--model", "accm-tiny", "--json", "--quiet", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def test_cls_attention_keeps_tokens_on_objects(capsys):
     """Vision-side pruning depends on the CLS query attending to objects: far above random keeps."""
-    from accm.cli import bench
-
     on_object = {}
     for extra in ([], ["--random-keep"]):
-        assert bench.main(["accuracy", "--model", "accm-tiny", "--vision-keep", "18", "--n", "32",
-                           "--json", *extra]) == 0
-        report = json.loads(capsys.readouterr().out)
+        report = _accuracy(capsys, "--vision-keep", "18", "--n", "32", *extra)
         on_object[bool(extra)] = report["kept_on_object"]
         assert 0.0 <= report["accuracy"] <= 1.0 and report["n"] == 32
-    assert on_object[False] > 0.6 > 2 * on_object[True]
+    assert on_object[False] > 0.8 > 4 * on_object[True]
 
 
-def test_answers_beat_guessing_the_commonest_answer_per_family(capsys):
-    """Full-token accuracy on ShapesVQA test against the best image-blind guesser (per-family majority)."""
-    from accm.cli import bench
-
-    # 300 prompts: at 96 the per-family majority fitted on the test set itself is too lucky (0.41 vs 0.36).
+@pytest.mark.slow
+def test_the_shipped_model_reads_its_images_and_pruning_costs_it(capsys):
+    """Full tokens: far above the train-frequency blind baselines in every family. Vision top-18:
+    much lower (18 tokens cannot show 22-34 objects), and random 18 lower still."""
     n = 300
-    assert bench.main(["accuracy", "--model", "accm-tiny", "--n", str(n), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    samples = shapes.benchmark("test", n, 0)
-    by_family: dict[str, list[str]] = {}
-    for s in samples:
-        by_family.setdefault(s.family, []).append(s.answer)
-    blind = sum(max(a.count(x) for x in set(a)) for a in by_family.values()) / n
-    assert report["accuracy"] > blind + 0.05, (report, blind)
+    full = _accuracy(capsys, "--n", str(n))
+    blind = full["blind_baselines"]["family_majority"]
+    assert full["accuracy"] >= 0.85, full
+    for family, acc in full["per_family"].items():
+        assert acc >= blind["per_family"][family] + 0.3, (family, acc, blind)
+    top18 = _accuracy(capsys, "--n", str(n), "--vision-keep", "18")
+    rand18 = _accuracy(capsys, "--n", str(n), "--vision-keep", "18", "--random-keep")
+    assert full["accuracy"] - top18["accuracy"] >= 0.10, (full["accuracy"], top18["accuracy"])
+    assert top18["accuracy"] > rand18["accuracy"], (top18["accuracy"], rand18["accuracy"])
 
 
 def test_main_job_exports_the_default_bundle_and_answers(tmp_path, monkeypatch, capsys):
+    """The README's main-job command, answered correctly."""
     from accm.cli import run as run_cli
 
     monkeypatch.setenv("ACCM_CACHE", str(tmp_path / "cache"))
-    args = ["--image", "examples/shapes_1.png", "--prompt", "what color is the triangle ?", "--json"]
+    args = ["--image", "examples/shapes_1.png", "--prompt", "what color is at a6 ?", "--json"]
     assert run_cli.main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["tokens"]["image_tokens_kept"] == 64
-    answer = report["answer"].strip()
-    assert answer and len(answer.split()) <= 3
+    assert report["answer"].strip() == "green"
     assert np.isfinite(report["times_ms"]["ttft"])
 
 

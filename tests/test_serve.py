@@ -85,7 +85,7 @@ def _examples() -> list[dict]:
 @pytest.fixture(scope="module")
 def expected(runtime_bundle):
     """accm-run's answer to every example, one at a time (no batching)."""
-    from accm.runtime.inputs import load_image
+    from accm.inputs import load_image
     from accm.runtime.pipeline import Pipeline
 
     pipe = Pipeline(runtime_bundle, threads=1)  # the servers below run one thread per session too

@@ -83,7 +83,7 @@ def machine() -> dict:
 
 def _bench_input(image_path: str | None, prompt: str | None):
     from ..data import shapes
-    from ..runtime.inputs import load_image
+    from ..inputs import load_image
 
     if image_path:
         return load_image(image_path), prompt or "what is in the image ?"

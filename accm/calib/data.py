@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..data import shapes
 from ..errors import AccmUserError, InputError
-from ..runtime.inputs import check_prompt, load_image
+from ..inputs import check_prompt, load_image
 
 MIN_SAMPLES = 4
 

@@ -9,7 +9,7 @@ from ._common import Parser, UserError, add_model_options, bundle_options, run_c
 
 
 def _run(args) -> int:
-    from ..runtime.inputs import check_prompt, load_image
+    from ..inputs import check_prompt, load_image
     from ..runtime.pipeline import Pipeline
 
     check_prompt(args.prompt)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models.beam import Beam, beam_search
 from ..models.caption import CaptionModel
+from ..models.caption_text import pick, selector_batch
 from ..models.prompt import encode_text
 from ..models.selector import Selector
-from .beam import Beam, beam_search
-from .text import pick, selector_batch
 
 CAPTION_DIR, SELECTOR_DIR = "caption", "selector"
 

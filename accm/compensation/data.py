@@ -16,7 +16,7 @@ import numpy as np
 
 from ..data import shapes
 from ..errors import InputError
-from ..runtime.inputs import load_image
+from ..inputs import load_image
 
 
 class ShapesSource:

@@ -1,7 +1,7 @@
 """ACCM's selector: which of the M candidate captions fits the question.
 
 Each candidate is the text ``Question: <q>  Supplemental information for questions: <caption>``
-(``accm.compensation.text``),
+(``accm.models.caption_text``),
 encoded by a *frozen* text encoder into one vector (its last valid token's hidden state, as
 CLIP's text tower uses its EOS token). The paper's encoder is LongCLIP's text tower; here it is
 a frozen snapshot of the stage-1 caption LM's transformer (a ``transformers`` GPT-2), so the

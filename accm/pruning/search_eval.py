@@ -19,7 +19,7 @@ from ..data import shapes
 from ..data.answers import normalise
 from ..errors import InputError
 from ..files import atomic_path
-from ..runtime.inputs import load_image
+from ..inputs import load_image
 from .llm import last_query_attention
 from .reference import ReferencePipeline
 from .schedule import Schedule

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from ..compensation.beam import beam_search
-from ..compensation.text import pick, selector_batch
+from ..models.beam import beam_search
+from ..models.caption_text import pick, selector_batch
 from ..models.prompt import encode_text, left_pad
 
 

@@ -18,9 +18,9 @@ from tokenizers import Tokenizer
 from ..data.preprocess import ImageSpec, preprocess
 from ..engines.ort import open_bundle_stages, shares_weights
 from ..errors import InputError
+from ..inputs import check_prompt
 from ..manifest import load_manifest
 from ..models.prompt import build_prompt_ids, left_pad, rendered_prompt_ids
-from .inputs import check_prompt
 
 
 @dataclasses.dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import InputError
-from ..runtime.inputs import check_prompt, decode_image
+from ..inputs import check_prompt, decode_image
 
 
 class ApiError(Exception):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import InputError
+from .errors import InputError
 
 MAX_PROMPT_CHARS = 4000
 
