@@ -31,7 +31,7 @@ def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
 
 def stage_agreement(fp32: Path, other: Path, samples) -> dict:
     """Run both bundles' stages on the same recorded inputs (fp32's), compare the first output."""
-    from accm.calib.record import record_feeds
+    from accm.precision.record import record_feeds
     from accm.engines.ort import open_bundle_stages
     from accm.manifest import load_manifest
 

@@ -15,7 +15,7 @@ LAYERS = [
     {"pruning"},
     {"engines"},
     {"runtime"},
-    {"compensation", "calib", "train", "export"},
+    {"compensation", "precision", "train", "export"},
     {"bench", "serve", "doctor"},
     {"cli"},
 ]

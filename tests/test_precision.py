@@ -7,7 +7,7 @@ import onnx
 import pytest
 from PIL import Image
 
-from accm.calib.data import directory_samples
+from accm.precision.data import directory_samples
 from accm.errors import AccmUserError
 from accm.export.exporter import ExportConfig, export_bundle
 from accm.manifest import load_manifest
@@ -115,7 +115,7 @@ def test_calibration_directory_skips_bad_files_and_needs_enough(tmp_path, capsys
 
 
 def test_fp16_stage_that_onnxruntime_cannot_open_stays_fp32(precision_bundles, tmp_path, monkeypatch):
-    from accm.calib import convert
+    from accm.precision import convert
 
     src = precision_bundles["fp32"] / "embed.onnx"
     assert convert.ort_session_status(src) == 0

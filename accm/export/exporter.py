@@ -246,9 +246,9 @@ def accm_manifest(comp) -> dict:
 
 def convert_precision(fp32_dir: Path, out_dir: Path, stages: dict, config: ExportConfig, progress: bool) -> dict:
     """Convert every stage of the fp32 bundle in ``fp32_dir`` into ``out_dir``; per-stage detail."""
-    from ..calib import convert
-    from ..calib.data import builtin_samples, directory_samples
-    from ..calib.record import record_feeds
+    from ..precision import convert
+    from ..precision.data import builtin_samples, directory_samples
+    from ..precision.record import record_feeds
 
     feeds: dict = {}
     if config.precision == "int8":
