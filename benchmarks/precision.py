@@ -31,9 +31,9 @@ def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
 
 def stage_agreement(fp32: Path, other: Path, samples) -> dict:
     """Run both bundles' stages on the same recorded inputs (fp32's), compare the first output."""
-    from accm.precision.record import record_feeds
     from accm.engines.ort import open_bundle_stages
     from accm.manifest import load_manifest
+    from accm.precision.record import record_feeds
 
     feeds = record_feeds(fp32, samples, max_per_stage=8, progress=False)
     a = open_bundle_stages(fp32, load_manifest(fp32))

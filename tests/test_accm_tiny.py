@@ -133,10 +133,10 @@ def test_fp16_bundle_with_accm_opens_and_answers(tmp_path):
 def test_fp16_bundle_prefill_agrees_with_fp32_on_real_prompts(tmp_path):
     """accm-tiny's fp16 prefill logits on recorded test prompts: same top-1, high SNR, every prompt
     (rotary angles and RMSNorm once went through fp16 and zeroed some prompts' logits)."""
-    from accm.precision.record import record_feeds
     from accm.engines.ort import open_bundle_stages
     from accm.export.exporter import ExportConfig, export_bundle
     from accm.manifest import load_manifest
+    from accm.precision.record import record_feeds
 
     bundles = {}
     for prec in ("fp32", "fp16"):
