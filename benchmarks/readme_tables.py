@@ -20,6 +20,22 @@ def _num(x, fmt: str = ".1f") -> str:
     return "–" if x is None else format(x, fmt)
 
 
+def _ci(res: dict | None, key: str = "accuracy") -> str:
+    """``92.3 (90.5–93.8)``: an accuracy with its 95 % interval."""
+    if not res or res.get(key) is None:
+        return "–"
+    ci = res.get("ci95")
+    return f"{100 * res[key]:.1f}" + (f" ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci else "")
+
+
+def _diff(d: dict | None) -> str:
+    """``+12.3 (+9.8 to +14.9)`` points, from a paired difference."""
+    if not d:
+        return "–"
+    lo, hi = d["ci95"]
+    return f"{100 * d['difference']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -37,32 +53,66 @@ def accuracy_sweep(rep: dict) -> str:
     by = {(r["method"], r["budget"]): r for r in rep["runs"]}
     full = next(r for r in rep["runs"] if r["method"] == "full")
     budgets = sorted({r["budget"] for r in rep["runs"] if r["method"] == "vision"}, reverse=True)
-    rows = [["576 (full)", _pct(full["accuracy"]), _pct(full["accuracy"]), _pct(full["accuracy"]),
-             _pct(full["kept_on_object"]), "–", "1.000"]]
+    rows = [["576 (full)", _ci(full), _ci(full), _ci(full), _pct(full["kept_on_object"]), "–", "1.000"]]
     for k in budgets:
         v, f, r = by.get(("vision", k)), by.get(("fastv", k)), by.get(("random", k))
-        rows.append([str(k), _pct(v and v["accuracy"]), _pct(f and f["accuracy"]), _pct(r and r["accuracy"]),
-                     _pct(v and v["kept_on_object"]), _pct(r and r["kept_on_object"]),
+        rows.append([str(k), _ci(v), _ci(f), _ci(r), _pct(v and v["kept_on_object"]), _pct(r and r["kept_on_object"]),
                      _num(v and v["flops_ratio"], ".3f")])
-    head = ["kept tokens", "vision top-k %", "FastV K=2 %", "random keep %", "vision kept on objects %",
+    head = ["kept tokens", "vision top-k % (95% CI)", "FastV K=2 %", "random keep %", "vision kept on objects %",
             "random kept on objects %", "prefill FLOPs (vision top-k)"]
-    return (f"{rep['model']}, ShapesVQA test, n = {rep['n']} (seed {rep['seed']}); {_machine(rep['machine'])}\n\n"
+    return (f"{rep['model']}, ShapesVQA v2 test, n = {rep['n']} (seed {rep['seed']}); {_machine(rep['machine'])}\n\n"
             + _table(head, rows))
+
+
+def per_family(rep: dict) -> str:
+    """Full tokens, vision top-18 and random 18 per family, beside the train-frequency blind baselines."""
+    runs = {r["method"]: r for r in rep["runs"] if r["method"] == "full"}
+    runs.update({f"{r['method']} {r['budget']}": r for r in rep["runs"] if r.get("budget") == 18
+                 and r["method"] in ("vision", "random")})
+    full = runs["full"]
+    families = sorted(full["per_family"])
+    rows = []
+    for name, label in (("full", "576 tokens"), ("vision 18", "vision top-18"), ("random 18", "random 18")):
+        r = runs.get(name)
+        if r:
+            rows.append([label, _ci(r)] + [_ci({"accuracy": r["per_family"][f], "ci95": r["per_family_ci95"][f]})
+                                           for f in families])
+    for name, b in full["blind_baselines"].items():
+        rows.append([f"blind: {name.replace('_', ' ')}", _ci(b)] + [_pct(b["per_family"][f]) for f in families])
+    head = ["", "all %"] + [f"{f} %" for f in families]
+    return (f"{rep['model']}, ShapesVQA v2 test, n = {rep['n']} (seed {rep['seed']}), 95 % Wilson intervals; blind "
+            f"baselines fitted on train-split frequencies\n\n" + _table(head, rows))
+
+
+def bounds(rep: dict) -> str:
+    fams = sorted(rep["rows"][0]["per_family"])
+    rows = [[r["view"], _ci(r)] + [_pct(r["per_family"][f]) for f in fams] + [_pct(r.get("object_coverage"))]
+            for r in rep["rows"]]
+    return (f"rule solver, ShapesVQA v2 test, n = {rep['n']} (seed {rep['seed']}), keep {rep['keep']}"
+            f"{', CLS scores of ' + rep['model'] if rep.get('model') else ''}\n\n"
+            + _table(["what the solver sees", "accuracy % (95% CI)"] + [f"{f} %" for f in fams] + ["objects seen %"],
+                     rows))
 
 
 def accm(rep: dict) -> str:
     rows = []
     for r in rep["rows"]:
         fl = r["flops"]
-        rows.append([str(r["keep"]), _pct(r["full_accuracy"]), _pct(r["vision_only"]), _pct(r["fastv_k2"]),
-                     _pct(r["accm_none"]), _pct(r["accm_random"]), _pct(r["accm_selected"]), _pct(r["accm_oracle"]),
-                     _num(r["gain_over_best_uncompensated_points"], "+.1f"),
+        rec = r["recovered"]
+        rec_s = "–" if rec["share"] is None else f"{100 * rec['share']:.0f} ({100 * rec['ci95'][0]:.0f}–" \
+                                                  f"{100 * rec['ci95'][1]:.0f})"
+        rows.append([str(r["keep"]), _ci(r["full"]), _ci(r["vision_only"]), _ci(r["fastv_k2"]), _ci(r["accm_random"]),
+                     _ci(r["accm_selected"]), _ci(r["accm_oracle"]), _diff(r["gain_over_pruned"]), rec_s,
                      _num(fl["prefill_plus_compensation_ratio"], ".3f"),
                      _pct(fl["compensation_share_of_pruned_pipeline"]), _pct(r["compensation_share_of_ttft"])])
-    head = ["kept", "full %", "vision top-k %", "FastV %", "ACCM: no caption %", "random candidate %",
-            "selected %", "oracle best-of-M %", "selected − best uncompensated (pts)",
+    head = ["kept", "full %", "pruned (vision top-k) %", "FastV %", "ACCM random candidate %", "ACCM selected %",
+            "ACCM oracle best-of-M %", "selected − pruned (pts)", "pruning loss recovered %",
             "prefill+ACCM FLOPs vs full", "ACCM share of pruned FLOPs %", "ACCM share of TTFT (ORT CPU) %"]
-    return (f"{rep['model']}, ShapesVQA test, n = {rep['n']}; {_machine(rep['machine'])}\n\n" + _table(head, rows))
+    a = rep.get("accm", {})
+    return (f"{rep['model']}, ShapesVQA v2 test, n = {rep['n']} (seed {rep['seed']}), 95 % intervals (Wilson; "
+            f"paired for differences; bootstrap for the recovered share); mapper input: "
+            f"{a.get('mapper_input_tokens') or 'all'} discarded tokens; {_machine(rep['machine'])}\n\n"
+            + _table(head, rows))
 
 
 def latency(rep: dict) -> str:
@@ -118,12 +168,33 @@ def precision(rep: dict) -> str:
 
 def search(rep: dict) -> str:
     rows = [[r["name"], r["schedule"] if len(r["schedule"]) < 60 else r["schedule"][:57] + "…",
-             _pct(r["test_accuracy"]), _num(r["delta_vs_full_points"], "+.1f"), _num(r["mean_tokens"], ".0f"),
-             _num(r["prefill_flops_ratio"], ".3f")] for r in rep["rows"]]
-    head = ["schedule", "per-layer counts", "test accuracy %", "vs full (pts)", "mean image tokens/layer",
-            "prefill FLOPs ratio"]
-    return (f"{rep['model']}, searched on val (n = {rep['val_n']}), measured on test (n = {rep['test_n']}); "
-            f"{rep['trials']} BO trials per P-Sigmoid; {_machine(rep['machine'])}\n\n" + _table(head, rows))
+             _ci({"accuracy": r["test_accuracy"], "ci95": r.get("test_ci95")}),
+             _diff(r.get("vs_full")) if r.get("vs_full") else _num(r["delta_vs_full_points"], "+.1f"),
+             _num(r["mean_tokens"], ".0f"), _num(r["prefill_flops_ratio"], ".3f")] for r in rep["rows"]]
+    head = ["schedule", "per-layer counts", "test accuracy % (95% CI)", "vs full (pts, paired 95% CI)",
+            "mean image tokens/layer", "prefill FLOPs ratio"]
+    se = f", val score SE ≈ {100 * rep['val_se']:.1f} pts" if rep.get("val_se") else ""
+    return (f"{rep['model']}, searched on val (n = {rep['val_n']}{se}), measured on test (n = {rep['test_n']}, "
+            f"seed {rep.get('test_seed', 0)}); {rep['trials']} BO trials per P-Sigmoid; {_machine(rep['machine'])}"
+            f"\n\n" + _table(head, rows))
+
+
+def serve(rep: dict) -> str:
+    rows = [[r["config"], str(r["concurrency"]), _num(r["rps"], ".1f"), _num(r["p50_ms"], ".0f"),
+             _num(r["p95_ms"], ".0f"), f"{r['ok']}/{r['requests']}"] for r in rep["results"]]
+    b = rep["batching_speedup_at_concurrency"]
+    return (f"accm-serve, {rep['bundle'].split('/')[-1]} (accm-tiny, keep 64, fp32), max_tokens 8, loopback clients; "
+            f"{_machine(rep['machine'])}; batching / no batching at concurrency {b['concurrency']}: "
+            f"{b['rps_ratio']:.2f}× requests per second\n\n"
+            + _table(["server", "concurrent clients", "requests/s", "p50 ms", "p95 ms", "answered"], rows))
+
+
+def soak(rep: dict) -> str:
+    return (f"{rep['n']} answers in one process over {', '.join(rep['kinds'])} bundles ({rep['prompts']} prompts "
+            f"each, cycled): RSS {rep['rss_after_first_pass_mb']:.0f} MB after the first pass, "
+            f"{rep['rss_end_mb']:.0f} MB at the end ({rep['rss_growth_pct']:+.1f} %), "
+            f"peak {rep['peak_rss_mb']:.0f} MB; "
+            f"answers changed: {rep['answers_changed']}; {rep['wall_s']:.0f} s; {_machine(rep['machine'])}")
 
 
 def shared_weights(plain: dict, shared: dict) -> str:
@@ -152,7 +223,9 @@ def plugin_kernel(rep: dict) -> str:
             + _table(head, rows))
 
 
-SECTIONS = [("accuracy_sweep.json", "Accuracy vs kept tokens", accuracy_sweep),
+SECTIONS = [("bounds.json", "What 18 kept tokens can answer (rule solver bounds)", bounds),
+            ("accuracy_sweep.json", "accm-tiny accuracy per family, with blind baselines", per_family),
+            ("accuracy_sweep.json", "Accuracy vs kept tokens", accuracy_sweep),
             ("accm_table.json", "ACCM compensation", accm),
             ("latency_tiny.json", "Latency, accm-tiny", latency),
             ("latency_standin4.json", "Latency, LLaVA-1.5-7B stand-in (4 decoder layers)", latency),
@@ -162,7 +235,9 @@ SECTIONS = [("accuracy_sweep.json", "Accuracy vs kept tokens", accuracy_sweep),
             (("latency_standin4_plain.json", "latency_standin4_shared.json"),
              "One copy of the LLM weights for prefill and decode (--share-weights), 7B stand-in", shared_weights),
             ("search.json", "Schedule search", search),
-            ("plugin_kernel.json", "AccmTokenTopK CUDA kernels on a GPU (no TensorRT)", plugin_kernel)]
+            ("plugin_kernel.json", "AccmTokenTopK CUDA kernels on a GPU (no TensorRT)", plugin_kernel),
+            ("serve.json", "accm-serve throughput and latency", serve),
+            ("soak.json", "Soak: answers and memory over time", soak)]
 
 
 def main() -> None:
