@@ -80,7 +80,7 @@ def _memory() -> dict:
 
 
 def _cache() -> dict:
-    from .runtime.cache import cache_root
+    from .bundle.cache import cache_root
 
     root = cache_root()
     bundles = []

@@ -116,8 +116,8 @@ def test_shipped_accm_modules_in_the_bundle_match_the_reference(tiny, tmp_path):
 @pytest.mark.slow
 def test_fp16_bundle_with_accm_opens_and_answers(tmp_path):
     """Every stage of an fp16 accm-tiny bundle opens in ONNX Runtime (its fp16 mapper once crashed it)."""
+    from accm.bundle.manifest import load_manifest
     from accm.export.exporter import ExportConfig, export_bundle
-    from accm.manifest import load_manifest
     from accm.runtime.pipeline import Pipeline
 
     export_bundle("accm-tiny", tmp_path / "b", ExportConfig(precision="fp16", vision_keep=18, accm=True),
@@ -133,9 +133,9 @@ def test_fp16_bundle_with_accm_opens_and_answers(tmp_path):
 def test_fp16_bundle_prefill_agrees_with_fp32_on_real_prompts(tmp_path):
     """accm-tiny's fp16 prefill logits on recorded test prompts: same top-1, high SNR, every prompt
     (rotary angles and RMSNorm once went through fp16 and zeroed some prompts' logits)."""
+    from accm.bundle.manifest import load_manifest
     from accm.engines.ort import open_bundle_stages
     from accm.export.exporter import ExportConfig, export_bundle
-    from accm.manifest import load_manifest
     from accm.precision.record import record_feeds
 
     bundles = {}

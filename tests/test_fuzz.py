@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from accm.bundle.manifest import MANIFEST, manifest_digest
 from accm.cli import run as run_cli
-from accm.manifest import MANIFEST, manifest_digest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shapes_1.png"
 BUDGET = settings(max_examples=25, deadline=None, derandomize=True,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from accm.bundle.manifest import MANIFEST, load_manifest, manifest_digest, write_manifest
 from accm.cli import run as run_cli
 from accm.files import ENVIRONMENT_EXIT
-from accm.manifest import MANIFEST, load_manifest, manifest_digest, write_manifest
 
 from .conftest import saved_random_llava
 
@@ -213,7 +213,7 @@ def test_external_data_outside_the_bundle_is_refused_before_any_session_opens(ru
 
 @pytest.mark.runtime
 def test_manifest_and_tokenizer_have_size_caps(runtime_bundle, tmp_path, capsys, image, monkeypatch):
-    from accm import manifest as manifest_module
+    from accm.bundle import manifest as manifest_module
 
     b = _copy(runtime_bundle, tmp_path)
     monkeypatch.setattr(manifest_module, "MAX_TOKENIZER_BYTES", 1000)

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1] / "accm"
 
 #: lowest first; a module may import from its own layer and the layers below it
 LAYERS = [
-    {"errors", "files", "inputs", "onnx_refs", "manifest_schema", "manifest", "assets"},
+    {"errors", "files", "inputs", "bundle", "assets"},
     {"data"},
     {"models"},
     {"pruning"},

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from PIL import Image
 
+from accm.bundle.manifest import load_manifest
 from accm.errors import AccmUserError
 from accm.export.exporter import ExportConfig, export_bundle
-from accm.manifest import load_manifest
 from accm.precision.data import directory_samples
 from accm.pruning.schedule import Schedule
 from accm.runtime.pipeline import Pipeline

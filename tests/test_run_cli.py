@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from accm.bundle.manifest import load_manifest
 from accm.cli import export as export_cli
 from accm.cli import run as run_cli
-from accm.manifest import load_manifest
 
 from .conftest import saved_random_llava  # imports torch only when called
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from accm.manifest import load_manifest
+from accm.bundle.manifest import load_manifest
 
 from . import reference_data
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from accm.bundle.manifest import load_manifest
 from accm.engines.trt_rtx_check import check_bundle
-from accm.manifest import load_manifest
 
 pytest.importorskip("tensorrt_rtx")
 

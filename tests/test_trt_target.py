@@ -5,10 +5,10 @@ import json
 import onnx
 import pytest
 
+from accm.bundle.manifest import load_manifest
 from accm.engines import trt as trt_engines
 from accm.export.exporter import ExportConfig, export_bundle
 from accm.export.plugin_nodes import standard_bundle
-from accm.manifest import load_manifest
 from accm.pruning.reference import ReferencePipeline
 from accm.pruning.schedule import Schedule
 from accm.runtime.pipeline import Pipeline

@@ -17,18 +17,13 @@ def _export(args) -> int:
         path = ensure_bundle(args.model, options, progress=not args.quiet)
     else:
         from ..export.exporter import ExportConfig, export_bundle
-        from ..pruning.schedule import Schedule
 
-        config = ExportConfig(precision=options["precision"], vision_keep=options["vision_keep"],
-                              schedule=Schedule.from_json(options["schedule"]),
-                              score_layer=options["score_layer"], target=options["target"],
-                              accm=options["accm"], accm_dir=options["accm_dir"],
-                              calib_dir=options["calib_dir"], calib_samples=options["calib_samples"])
         path = Path(args.output)
-        export_bundle(args.model, path, config, overwrite=args.overwrite, progress=not args.quiet)
+        export_bundle(args.model, path, ExportConfig.from_options(options), overwrite=args.overwrite,
+                      progress=not args.quiet)
     if args.build_engines:
+        from ..bundle.manifest import load_manifest
         from ..engines.trt import build_engines
-        from ..manifest import load_manifest
 
         build_engines(path, load_manifest(path), progress=not args.quiet)
     manifest = json.loads((path / "manifest.json").read_text())

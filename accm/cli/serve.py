@@ -29,7 +29,7 @@ def _settings(args):
             if name in models:
                 raise UserError(f"two bundles are named {name!r}: give --name")
             models[name] = b
-    from ..manifest import load_manifest
+    from ..bundle.manifest import load_manifest
 
     for path in models.values():
         load_manifest(path)  # refuse a bad bundle before binding the port

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..bundle.manifest import BundleError
 from ..errors import AccmUserError
-from ..manifest import BundleError
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..bundle import names
+
 Shape = tuple[int, ...]
 
 
@@ -29,27 +31,27 @@ def stage_profiles(manifest: dict, limits: Limits | None = None) -> dict[str, di
     hidden, kvh, hd = m["hidden"], m["num_kv_heads"], m["head_dim"]
     seq = (n + 1, n + limits.opt_text_tokens, n + limits.max_text_tokens)
     out = {
-        "vision": {"pixel_values": ((1, 3, size, size), (1, 3, size, size), (b_max, 3, size, size))},
-        "embed": {"input_ids": ((1, 1), (1, seq[1]), (b_max, seq[2]))},
-        "llm_prefill": {
+        names.VISION: {names.PIXEL_VALUES: ((1, 3, size, size), (1, 3, size, size), (b_max, 3, size, size))},
+        names.EMBED: {names.INPUT_IDS: ((1, 1), (1, seq[1]), (b_max, seq[2]))},
+        names.LLM_PREFILL: {
             name: ((1, seq[0]), (1, seq[1]), (b_max, seq[2]))
-            for name in ("input_ids", "attention_mask", "position_ids")
+            for name in (names.INPUT_IDS, names.ATTENTION_MASK, names.POSITION_IDS)
         },
     }
-    out["llm_prefill"]["inputs_embeds"] = ((1, seq[0], hidden), (1, seq[1], hidden), (b_max, seq[2], hidden))
+    out[names.LLM_PREFILL][names.INPUTS_EMBEDS] = ((1, seq[0], hidden), (1, seq[1], hidden), (b_max, seq[2], hidden))
     counts = manifest["pruning"]["layer_counts"]
     groups = manifest["pruning"]["layer_groups"]
     decode = {
-        "inputs_embeds": ((1, 1, hidden), (1, 1, hidden), (b_max, 1, hidden)),
-        "position_ids": ((1, 1), (1, 1), (b_max, 1)),
+        names.INPUTS_EMBEDS: ((1, 1, hidden), (1, 1, hidden), (b_max, 1, hidden)),
+        names.POSITION_IDS: ((1, 1), (1, 1), (b_max, 1)),
     }
     for g in range(max(groups) + 1):
         k = counts[groups.index(g)]
         past = (k + 1, k + limits.opt_text_tokens + 8, k + limits.max_text_tokens + limits.max_new_tokens)
-        decode[f"attention_mask.{g}"] = tuple((b, p + 1) for b, p in zip((1, 1, b_max), past))
+        decode[names.group_mask(g)] = tuple((b, p + 1) for b, p in zip((1, 1, b_max), past))
         for li, lg in enumerate(groups):
             if lg == g:
-                for kind in ("key", "value"):
-                    decode[f"past.{li}.{kind}"] = tuple((b, kvh, p, hd) for b, p in zip((1, 1, b_max), past))
-    out["llm_decode"] = decode
+                for kind in names.KV_KINDS:
+                    decode[names.past(li, kind)] = tuple((b, kvh, p, hd) for b, p in zip((1, 1, b_max), past))
+    out[names.LLM_DECODE] = decode
     return out

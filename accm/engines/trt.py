@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle.manifest import staged_directory
 from ..errors import AccmUserError
 from ..files import write_bytes, write_text
-from ..manifest import staged_directory
 from .plugin import PLUGIN_NAME, PLUGIN_VERSION
 from .profiles import Limits, stage_profiles
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..bundle.cache import bundle_path
+from ..bundle.manifest import current_format
 from ..errors import AccmUserError
-from ..manifest import current_format
 from ..models.registry import checkpoint_digest, resolve
-from ..runtime.cache import bundle_path
 
 
 def default_options(precision: str = "fp32", vision_keep: int | None = None, schedule: str | dict = "none",
@@ -34,15 +34,9 @@ def ensure_bundle(model: str | None, options: dict, progress: bool = True) -> Pa
     if current_format(path):  # an older format in the cache is exported again
         return path
     try:
-        from ..pruning.schedule import Schedule
         from .exporter import ExportConfig, export_bundle
     except ImportError as e:
         raise AccmUserError(f"no cached bundle for this configuration, and exporting one needs the [export] "
                             f"extra ({e.name} is missing): pip install 'accm[export]'") from None
-    config = ExportConfig(precision=options["precision"], vision_keep=options["vision_keep"],
-                          schedule=Schedule.from_json(options["schedule"]), score_layer=options["score_layer"],
-                          target=options["target"], accm=options.get("accm", False),
-                          accm_dir=options.get("accm_dir"), calib_dir=options.get("calib_dir"),
-                          calib_samples=options.get("calib_samples", 32))
-    export_bundle(model, path, config, overwrite=True, progress=progress)
+    export_bundle(model, path, ExportConfig.from_options(options), overwrite=True, progress=progress)
     return path

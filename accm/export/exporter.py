@@ -16,7 +16,8 @@ import torch
 from torch.export import Dim
 from tqdm import tqdm
 
-from .. import __version__, manifest
+from .. import __version__
+from ..bundle import manifest, names
 from ..data.preprocess import ImageSpec
 from ..errors import AccmUserError
 from ..models.loading import LoadedModel, load_llava
@@ -64,6 +65,18 @@ class ExportConfig:
             raise ExportError(f"--vision-keep must be >= 1, got {self.vision_keep}")
         if self.accm and self.vision_keep is None:
             raise ExportError("--accm compensates vision-side pruning: give --vision-keep K (e.g. 18)")
+
+    @classmethod
+    def from_options(cls, options: dict) -> ExportConfig:
+        """From the JSON-able options a default bundle's cache key holds (``options()``)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in options.items() if k in fields}
+        kwargs["schedule"] = Schedule.from_json(options["schedule"]) if isinstance(options.get("schedule"), dict) \
+            else Schedule.parse(options.get("schedule"))
+        return cls(**kwargs)
+
+    def options(self) -> dict:
+        return {**dataclasses.asdict(self), "schedule": self.schedule.to_json()}
 
     def n_image(self, n_patches: int) -> int:
         return n_patches if self.vision_keep is None else min(self.vision_keep, n_patches)
@@ -126,13 +139,14 @@ def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrit
 
     dec_args, dec_dyn = decode_sample()
     jobs = [
-        ("vision", vision, (torch.randn(2, 3, spec.size, spec.size),), ["pixel_values"],
+        (names.VISION, vision, (torch.randn(2, 3, spec.size, spec.size),), [names.PIXEL_VALUES],
          vision.output_names(), ({0: batch},)),
-        ("embed", embed, (torch.ones(2, 7, dtype=torch.long),), ["input_ids"], ["inputs_embeds"],
+        (names.EMBED, embed, (torch.ones(2, 7, dtype=torch.long),), [names.INPUT_IDS], [names.INPUTS_EMBEDS],
          ({0: batch, 1: seq},)),
-        ("llm_prefill", prefill, prefill_sample(), ["input_ids", "inputs_embeds", "attention_mask", "position_ids"],
+        (names.LLM_PREFILL, prefill, prefill_sample(),
+         [names.INPUT_IDS, names.INPUTS_EMBEDS, names.ATTENTION_MASK, names.POSITION_IDS],
          prefill.output_names(), tuple({0: batch, 1: seq} for _ in range(4))),
-        ("llm_decode", decode, dec_args, decode.input_names(), decode.output_names(), dec_dyn),
+        (names.LLM_DECODE, decode, dec_args, decode.input_names(), decode.output_names(), dec_dyn),
     ]
     accm_info = None
     if config.accm:
@@ -190,7 +204,7 @@ def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrit
             info["precision_detail"] = convert_precision(scratch, tmp, stages, config, progress)
             processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
             shutil.rmtree(scratch)
-        info["shared_weights"] = shared_weight_table(tmp, ["llm_prefill", "llm_decode"])
+        info["shared_weights"] = shared_weight_table(tmp, list(names.SHARED_WEIGHT_STAGES))
         info["runtime_requirements"] = requirements(tmp, [s["file"] for s in info["stages"].values()])
         result = manifest.write_manifest(tmp, info)
     return result
@@ -215,21 +229,21 @@ def accm_jobs(comp, n_discarded: int, batch, vision_dim: int) -> list:
     selector = SelectorStage(comp.selector)
     kv = [torch.randn(2, heads, 5, head_dim) for _ in range(2 * cfg.lm_layers)]
     return [
-        ("caption_prefix", prefix,
+        (names.CAPTION_PREFIX, prefix,
          (torch.randn(2, n_discarded, vision_dim), torch.arange(n_discarded).expand(2, n_discarded).contiguous(),
           torch.rand(2, n_discarded)),
-         ["discarded_features", "discarded_index", "discarded_scores"], ["prefix"],
+         [names.DISCARDED_FEATURES, names.DISCARDED_INDEX, names.DISCARDED_SCORES], [names.PREFIX],
          ({0: batch}, {0: batch}, {0: batch})),
-        ("caption_embed", EmbedStage(comp.caption.lm), (torch.ones(2, 7, dtype=torch.long),), ["input_ids"],
-         ["inputs_embeds"], ({0: batch, 1: Dim("seq")},)),
-        ("caption_decode", decode,
+        (names.CAPTION_EMBED, EmbedStage(comp.caption.lm), (torch.ones(2, 7, dtype=torch.long),), [names.INPUT_IDS],
+         [names.INPUTS_EMBEDS], ({0: batch, 1: Dim("seq")},)),
+        (names.CAPTION_DECODE, decode,
          (torch.randn(2, 3, cfg.hidden), torch.ones(2, 3, dtype=torch.long), torch.ones(2, 5, dtype=torch.long),
           torch.arange(5, 8).expand(2, 3).contiguous(), *kv),
          decode.input_names(), decode.output_names(),
          ({0: batch, 1: new}, {0: batch, 1: new}, {0: batch, 1: past}, {0: batch, 1: new},
           tuple({0: batch, 2: past} for _ in kv))),
-        ("selector", selector, (torch.ones(2, 3, 9, dtype=torch.long), torch.ones(2, 3, 9, dtype=torch.long)),
-         ["input_ids", "attention_mask"], ["probs"], ({0: batch, 2: length}, {0: batch, 2: length})),
+        (names.SELECTOR, selector, (torch.ones(2, 3, 9, dtype=torch.long), torch.ones(2, 3, 9, dtype=torch.long)),
+         [names.INPUT_IDS, names.ATTENTION_MASK], [names.PROBS], ({0: batch, 2: length}, {0: batch, 2: length})),
     ]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..bundle import names
 from ..pruning.llm import for_attention, last_query_attention
 from ..pruning.schedule import Schedule
 from ..pruning.vision import encoder_layers, patch_scores, resolve_layer
@@ -48,8 +49,9 @@ class VisionStage(nn.Module):
 
     def output_names(self) -> list[str]:
         if self.keep is None:
-            return ["image_embeds", "kept_index"]
-        return ["image_embeds", "kept_index", "discarded_features", "discarded_index", "discarded_scores"]
+            return [names.IMAGE_EMBEDS, names.KEPT_INDEX]
+        return [names.IMAGE_EMBEDS, names.KEPT_INDEX, names.DISCARDED_FEATURES, names.DISCARDED_INDEX,
+                names.DISCARDED_SCORES]
 
 
 class EmbedStage(nn.Module):
@@ -153,9 +155,8 @@ class PrefillStage(nn.Module):
         return (logits, *kept_out, *presents)
 
     def output_names(self) -> list[str]:
-        kept = [f"kept_index.{li}" for li in sorted(self.points)]
-        kv = [f"present.{li}.{kind}" for li in range(len(self.decoder.layers)) for kind in ("key", "value")]
-        return ["logits", *kept, *kv]
+        kept = [names.kept_index(li) for li in sorted(self.points)]
+        return [names.LOGITS, *kept, *names.kv_names(len(self.decoder.layers))]
 
 
 class DecodeStage(nn.Module):
@@ -187,13 +188,11 @@ class DecodeStage(nn.Module):
         return (logits, *presents)
 
     def input_names(self) -> list[str]:
-        masks = [f"attention_mask.{g}" for g in range(self.n_groups)]
-        kv = [f"past.{li}.{kind}" for li in range(len(self.decoder.layers)) for kind in ("key", "value")]
-        return ["inputs_embeds", "position_ids", *masks, *kv]
+        masks = [names.group_mask(g) for g in range(self.n_groups)]
+        return [names.INPUTS_EMBEDS, names.POSITION_IDS, *masks, *names.kv_names(len(self.decoder.layers), names.past)]
 
     def output_names(self) -> list[str]:
-        kv = [f"present.{li}.{kind}" for li in range(len(self.decoder.layers)) for kind in ("key", "value")]
-        return ["logits", *kv]
+        return [names.LOGITS, *names.kv_names(len(self.decoder.layers))]
 
 
 class CaptionPrefixStage(nn.Module):
@@ -239,12 +238,11 @@ class CaptionDecodeStage(nn.Module):
         return (logits, *presents)
 
     def input_names(self) -> list[str]:
-        kv = [f"past.{i}.{kind}" for i in range(len(self.blocks)) for kind in ("key", "value")]
-        return ["inputs_embeds", "new_mask", "past_mask", "position_ids", *kv]
+        return [names.INPUTS_EMBEDS, names.NEW_MASK, names.PAST_MASK, names.POSITION_IDS,
+                *names.kv_names(len(self.blocks), names.past)]
 
     def output_names(self) -> list[str]:
-        kv = [f"present.{i}.{kind}" for i in range(len(self.blocks)) for kind in ("key", "value")]
-        return ["logits", *kv]
+        return [names.LOGITS, *names.kv_names(len(self.blocks))]
 
 
 class SelectorStage(nn.Module):

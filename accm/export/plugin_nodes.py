@@ -15,6 +15,7 @@ import onnx
 import torch
 from torch.export import Dim
 
+from ..bundle import names
 from .onnx_io import export_module
 from .token_topk import StandardTokenTopK
 
@@ -79,7 +80,7 @@ def standard_bundle(src: Path, dst: Path) -> Path:
     import json
     import shutil
 
-    from ..manifest import write_manifest
+    from ..bundle.manifest import write_manifest
 
     shutil.copytree(src, dst)
     manifest = json.loads((dst / "manifest.json").read_text())
@@ -94,6 +95,6 @@ def standard_bundle(src: Path, dst: Path) -> Path:
     if "shared_weights" in manifest:  # re-saved graphs read new files
         from .onnx_io import shared_weight_table
 
-        manifest["shared_weights"] = shared_weight_table(dst, ["llm_prefill", "llm_decode"])
+        manifest["shared_weights"] = shared_weight_table(dst, list(names.SHARED_WEIGHT_STAGES))
     write_manifest(dst, manifest)
     return dst

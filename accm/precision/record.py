@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..bundle import names
 from ..runtime.pipeline import Pipeline
 
 
 def record_feeds(bundle: Path, samples: list[tuple], max_per_stage: int = 64, max_new_tokens: int = 4,
                  progress: bool = True) -> dict[str, list[dict[str, np.ndarray]]]:
     pipe = Pipeline(bundle, verify=False)
-    stages = {"vision": pipe.vision, "embed": pipe.embed, "llm_prefill": pipe.prefill, "llm_decode": pipe.decode}
+    stages = {names.VISION: pipe.vision, names.EMBED: pipe.embed, names.LLM_PREFILL: pipe.prefill,
+              names.LLM_DECODE: pipe.decode}
     if pipe.compensator is not None:
         c = pipe.compensator
         stages.update(caption_prefix=c.prefix, caption_embed=c.embed, caption_decode=c.decode, selector=c.selector)

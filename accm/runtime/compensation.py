@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from ..bundle import names
 from ..models.beam import beam_search
 from ..models.caption_text import pick, selector_batch
 from ..models.prompt import encode_text, left_pad
@@ -26,19 +27,19 @@ class BundleCompensator:
     def __init__(self, manifest: dict, stages: dict, tokenizer):
         self.cfg = manifest["accm"]
         self.tokenizer = tokenizer
-        self.prefix = stages["caption_prefix"]
-        self.embed = stages["caption_embed"]
-        self.decode = stages["caption_decode"]
-        self.selector = stages["selector"]
+        self.prefix = stages[names.CAPTION_PREFIX]
+        self.embed = stages[names.CAPTION_EMBED]
+        self.decode = stages[names.CAPTION_DECODE]
+        self.selector = stages[names.SELECTOR]
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
-        return self.embed.run({"input_ids": ids})["inputs_embeds"]
+        return self.embed.run({names.INPUT_IDS: ids})[names.INPUTS_EMBEDS]
 
     def candidates(self, discarded: np.ndarray, discarded_index: np.ndarray, discarded_scores: np.ndarray,
                    questions: list[str]):
         cfg = self.cfg
-        prefix = self.prefix.run({"discarded_features": discarded, "discarded_index": discarded_index,
-                                  "discarded_scores": discarded_scores})["prefix"]
+        prefix = self.prefix.run({names.DISCARDED_FEATURES: discarded, names.DISCARDED_INDEX: discarded_index,
+                                  names.DISCARDED_SCORES: discarded_scores})[names.PREFIX]
         rows = [encode_text(self.tokenizer, q) for q in questions]
         ids, _, qmask = left_pad(rows, [list(range(len(r))) for r in rows], cfg["pad_token_id"])
         bsz = len(questions)
@@ -62,11 +63,11 @@ class BundleCompensator:
         return beam_search(out[0], step, cfg["beams"], cfg["max_caption_tokens"], stop, cfg["pad_token_id"])
 
     def _run(self, embeds, new_mask, past_mask, pos, past) -> list[np.ndarray]:
-        feeds = {"inputs_embeds": embeds, "new_mask": new_mask, "past_mask": past_mask, "position_ids": pos}
-        feeds.update({f"past.{i // 2}.{'key' if i % 2 == 0 else 'value'}": p for i, p in enumerate(past)})
+        feeds = {names.INPUTS_EMBEDS: embeds, names.NEW_MASK: new_mask, names.PAST_MASK: past_mask,
+                 names.POSITION_IDS: pos}
+        feeds.update(zip(names.kv_names(self.cfg["layers"], names.past), past))
         res = self.decode.run(feeds)
-        n = self.cfg["layers"]
-        return [res["logits"]] + [res[f"present.{i}.{kind}"] for i in range(n) for kind in ("key", "value")]
+        return [res[names.LOGITS]] + [res[name] for name in names.kv_names(self.cfg["layers"])]
 
     def decode_text(self, tokens: list[int]) -> str:
         toks = [t for t in tokens if t != self.cfg["eos_token_id"]]
@@ -79,7 +80,7 @@ class BundleCompensator:
         t1 = time.perf_counter()
         ids, mask = selector_batch(lambda t: encode_text(self.tokenizer, t), questions, texts,
                                    self.cfg["selector_max_tokens"], self.cfg["pad_token_id"])
-        probs = self.selector.run({"input_ids": ids, "attention_mask": mask})["probs"]
+        probs = self.selector.run({names.INPUT_IDS: ids, names.ATTENTION_MASK: mask})[names.PROBS]
         chosen = pick(probs)
         t2 = time.perf_counter()
         return RuntimeCompensation([t[c] for t, c in zip(texts, chosen)], texts, probs, chosen,

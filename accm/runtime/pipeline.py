@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from ..bundle import names
+from ..bundle.manifest import load_manifest
 from ..data.preprocess import ImageSpec, preprocess
 from ..engines.ort import open_bundle_stages, shares_weights
 from ..errors import InputError
 from ..inputs import check_prompt
-from ..manifest import load_manifest
 from ..models.prompt import build_prompt_ids, left_pad, rendered_prompt_ids
 
 
@@ -78,10 +79,10 @@ class Pipeline:
         self.provider = provider
         self.shared_weights = share_weights and shares_weights(m, provider)
         stages = open_bundle_stages(self.root, m, provider, threads, self.shared_weights)
-        self.vision = stages["vision"]
-        self.embed = stages["embed"]
-        self.prefill = stages["llm_prefill"]
-        self.decode = stages["llm_decode"]
+        self.vision = stages[names.VISION]
+        self.embed = stages[names.EMBED]
+        self.prefill = stages[names.LLM_PREFILL]
+        self.decode = stages[names.LLM_DECODE]
         self.compensator = None
         if "accm" in m:
             from .compensation import BundleCompensator
@@ -96,10 +97,10 @@ class Pipeline:
     # stages ----------------------------------------------------------------------------------
     def run_vision(self, images) -> dict[str, np.ndarray]:
         pixels = np.stack([preprocess(im, self.spec) for im in images])
-        return self.vision.run({"pixel_values": pixels})
+        return self.vision.run({names.PIXEL_VALUES: pixels})
 
     def embed_ids(self, ids: np.ndarray) -> np.ndarray:
-        return self.embed.run({"input_ids": ids})["inputs_embeds"]
+        return self.embed.run({names.INPUT_IDS: ids})[names.INPUTS_EMBEDS]
 
     def group_masks(self, mask: np.ndarray, starts: np.ndarray, kept: dict[int, np.ndarray]) -> list[np.ndarray]:
         """The valid-key mask of each layer group's cache after prefill."""
@@ -137,10 +138,10 @@ class Pipeline:
             check_prompt(p)
         run = Run(limits=limits, t_start=time.perf_counter())
         vis = self.encode_images(images, run.timings)
-        run.kept_index = vis["kept_index"]
+        run.kept_index = vis[names.KEPT_INDEX]
         run.captions, run.candidates = self.compensate(vis, prompts, captions, run.timings)
         ids, pos, mask = self.build_inputs(prompts, run.captions, run.kept_index, int(limits.max()))
-        self.run_prefill(run, ids, pos, mask, vis["image_embeds"])
+        self.run_prefill(run, ids, pos, mask, vis[names.IMAGE_EMBEDS])
         return run
 
     def encode_images(self, images, timings: dict) -> dict[str, np.ndarray]:
@@ -148,7 +149,7 @@ class Pipeline:
         pixels = np.stack([preprocess(im, self.spec) for im in images])
         timings["preprocess"] = _ms(t0)
         t0 = time.perf_counter()
-        vis = self.vision.run({"pixel_values": pixels})
+        vis = self.vision.run({names.PIXEL_VALUES: pixels})
         timings["vision"] = _ms(t0)
         return vis
 
@@ -157,7 +158,8 @@ class Pipeline:
         ACCM and none were given."""
         if captions is not None or self.compensator is None:
             return captions or [None] * len(prompts), None
-        comp = self.compensator(vis["discarded_features"], vis["discarded_index"], vis["discarded_scores"], prompts)
+        comp = self.compensator(vis[names.DISCARDED_FEATURES], vis[names.DISCARDED_INDEX], vis[names.DISCARDED_SCORES],
+                                prompts)
         timings["caption"], timings["selection"] = comp.caption_ms, comp.selection_ms
         return comp.captions, comp.candidates
 
@@ -182,14 +184,14 @@ class Pipeline:
         image_slot = ids == self.tokens["image_token_id"]
         embeds = self.embed_ids(np.where(image_slot, 0, ids))
         embeds[image_slot] = image_embeds.reshape(-1, image_embeds.shape[-1])
-        out = self.prefill.run({"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask,
-                                "position_ids": pos})
+        out = self.prefill.run({names.INPUT_IDS: ids, names.INPUTS_EMBEDS: embeds, names.ATTENTION_MASK: mask,
+                                names.POSITION_IDS: pos})
         run.timings["prefill"] = _ms(t0)
-        run.llm_kept = {layer: out[f"kept_index.{layer}"] for layer in self.prune_points}
+        run.llm_kept = {layer: out[names.kept_index(layer)] for layer in self.prune_points}
         run.masks = self.group_masks(mask, image_slot.argmax(1), run.llm_kept)
-        run.past = [out[f"present.{li}.{kind}"] for li in range(self.dims["num_layers"]) for kind in ("key", "value")]
+        run.past = [out[name] for name in names.kv_names(self.dims["num_layers"])]
         run.next_pos = np.where(mask > 0, pos, -1).max(1) + 1
-        run.logits = run.first_logits = out["logits"]
+        run.logits = run.first_logits = out[names.LOGITS]
         run.prompt_tokens = mask.sum(1)
         run.generated = [[] for _ in range(len(ids))]
         run.done = np.zeros(len(ids), dtype=bool)
@@ -214,13 +216,13 @@ class Pipeline:
                 break
             t0 = time.perf_counter()
             run.masks = [np.concatenate([m, np.ones((bsz, 1), m.dtype)], 1) for m in run.masks]
-            feeds = {"inputs_embeds": self.embed_ids(token[:, None]), "position_ids": (run.next_pos + step)[:, None]}
-            feeds.update({f"attention_mask.{g}": m for g, m in enumerate(run.masks)})
-            feeds.update({f"past.{li}.{kind}": run.past[2 * li + j] for li in range(n_layers)
-                          for j, kind in enumerate(("key", "value"))})
+            feeds = {names.INPUTS_EMBEDS: self.embed_ids(token[:, None]),
+                     names.POSITION_IDS: (run.next_pos + step)[:, None]}
+            feeds.update({names.group_mask(g): m for g, m in enumerate(run.masks)})
+            feeds.update(zip(names.kv_names(n_layers, names.past), run.past))
             res = self.decode.run(feeds)
-            run.logits = res["logits"]
-            run.past = [res[f"present.{li}.{kind}"] for li in range(n_layers) for kind in ("key", "value")]
+            run.logits = res[names.LOGITS]
+            run.past = [res[name] for name in names.kv_names(n_layers)]
             run.decode_ms.append(_ms(t0))
 
     def answer(self, run: Run, b: int) -> Answer:

@@ -7,7 +7,9 @@ not a traceback deep inside a run.
 
 from __future__ import annotations
 
-REQUIRED_STAGES = ("vision", "embed", "llm_prefill", "llm_decode")
+from .names import CORE_STAGES
+
+REQUIRED_STAGES = CORE_STAGES
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
 
 

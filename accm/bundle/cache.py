@@ -7,8 +7,6 @@ import json
 import os
 from pathlib import Path
 
-from ..models.registry import ModelSource
-
 
 def cache_root() -> Path:
     env = os.environ.get("ACCM_CACHE")
@@ -18,8 +16,9 @@ def cache_root() -> Path:
     return Path(base) / "accm"
 
 
-def bundle_path(source: ModelSource, digest: str, config: dict) -> Path:
-    """The cache directory of the bundle for ``config`` (a JSON-able dict of export options)."""
+def bundle_path(source, digest: str, config: dict) -> Path:
+    """The cache directory of the bundle of ``source`` (a ``models.registry.ModelSource``) for
+    ``config`` (a JSON-able dict of export options)."""
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in source.name)[-40:]
     return cache_root() / "bundles" / f"{safe}-{digest[:12]}-{key}"

@@ -21,9 +21,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import manifest_schema
-from .errors import AccmUserError
-from .files import write_text
+from ..errors import AccmUserError
+from ..files import write_text
+from . import schema as manifest_schema
 from .onnx_refs import MalformedGraph, external_data_locations
 
 FORMAT = "accm-bundle"
