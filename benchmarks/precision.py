@@ -31,8 +31,8 @@ def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
 
 def stage_agreement(fp32: Path, other: Path, samples) -> dict:
     """Run both bundles' stages on the same recorded inputs (fp32's), compare the first output."""
+    from accm.bundle.manifest import load_manifest
     from accm.engines.ort import open_bundle_stages
-    from accm.manifest import load_manifest
     from accm.precision.record import record_feeds
 
     feeds = record_feeds(fp32, samples, max_per_stage=8, progress=False)
@@ -59,10 +59,10 @@ def stage_agreement(fp32: Path, other: Path, samples) -> dict:
 def main() -> None:
     from accm.bench.accuracy import BundleAnswerer, evaluate
     from accm.bench.latency import machine, run_isolated
+    from accm.bundle.manifest import load_manifest
     from accm.data import shapes
     from accm.engines import trt_rtx_check
     from accm.export.default import default_options, ensure_bundle
-    from accm.manifest import load_manifest
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 
 def pytest_collection_modifyitems(config, items):
     from accm.engines.gpu import cuda_device_count, gpu_available
-    from accm.engines.plugin import nvcc
+    from accm.kernels.build import nvcc
 
     skips = {}
     if not gpu_available():

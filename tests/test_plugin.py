@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from accm.engines import plugin
+from accm.kernels import build as plugin
 from accm.pruning import select_tokens
 
 
@@ -58,7 +58,7 @@ def test_kernels_assemble_with_cuda_12_6_ptxas_for_orin(tmp_path):
 
 @pytest.mark.gpu
 def test_plugin_kernel_on_gpu_matches_select_tokens(tmp_path):
-    from accm.engines.trt import PluginUnderTest
+    from accm.kernels.rig import PluginUnderTest
 
     runner = PluginUnderTest.build(tmp_path)
     rng = np.random.default_rng(3)

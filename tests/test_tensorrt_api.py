@@ -12,7 +12,7 @@ from pathlib import Path
 
 #: the module that drives TensorRT (``trt_rtx_check.py`` drives TensorRT-RTX, the CPU-side proxy
 #: check, a different product with its own API, never run on a Jetson)
-ENGINE_MODULES = ["accm/engines/trt.py"]
+ENGINE_MODULES = ["accm/engines/trt.py", "accm/kernels/rig.py"]
 
 #: TensorRT 10.3 Python API names accm uses (module functions, classes, enums, methods, attributes)
 TENSORRT_10_3 = {

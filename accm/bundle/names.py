@@ -24,6 +24,10 @@ PREFIX = "prefix"
 PROBS = "probs"
 KV_KINDS = ("key", "value")
 
+# the TensorRT plugin node of --target trt graphs: ONNX domain and op type, and its version
+PLUGIN_DOMAIN, PLUGIN_NAME, PLUGIN_VERSION = "accm", "AccmTokenTopK", "1"
+PLUGIN_OUTPUTS = ("kept", "kept_index", "discarded", "discarded_index")
+
 
 def past(layer: int, kind: str) -> str:
     """A decode graph's input: layer ``layer``'s cached keys or values."""

@@ -19,7 +19,7 @@ from ..bundle import names
 from .onnx_io import export_module
 from .token_topk import StandardTokenTopK
 
-OUTPUTS = ["kept", "kept_index", "discarded", "discarded_index"]
+OUTPUTS = list(names.PLUGIN_OUTPUTS)
 
 
 @functools.lru_cache(maxsize=16)
@@ -47,7 +47,7 @@ def replace_plugin_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     nodes, inits, replaced = [], [], 0
     for node in model.graph.node:
-        if not (node.domain == "accm" and node.op_type == "AccmTokenTopK"):
+        if not (node.domain == names.PLUGIN_DOMAIN and node.op_type == names.PLUGIN_NAME):
             nodes.append(node)
             continue
         sub = _standard_graph(_attr(node, "k"), bool(_attr(node, "emit_discarded")))
@@ -69,7 +69,7 @@ def replace_plugin_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(inits)
-    keep = [o for o in model.opset_import if o.domain != "accm"]
+    keep = [o for o in model.opset_import if o.domain != names.PLUGIN_DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(keep)
     return model, replaced

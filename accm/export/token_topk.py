@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-DOMAIN_OP = "accm::AccmTokenTopK"
+from ..bundle.names import PLUGIN_DOMAIN, PLUGIN_NAME
+
+DOMAIN_OP = f"{PLUGIN_DOMAIN}::{PLUGIN_NAME}"
 
 
 def topk_ascending(scores: torch.Tensor, k: int) -> torch.Tensor:

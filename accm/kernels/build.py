@@ -18,9 +18,6 @@ import numpy as np
 
 from ..errors import AccmUserError
 
-PLUGIN_NAME = "AccmTokenTopK"
-PLUGIN_VERSION = "1"
-PLUGIN_DOMAIN = "accm"
 ARCHS = ("86", "87", "89", "90")
 #: kMaxTokens in accmTokenTopKKernel.h: the longest row the selection kernel takes
 MAX_TOKENS = 8192
