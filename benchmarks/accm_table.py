@@ -37,12 +37,12 @@ def recovered(full, pruned, accm) -> dict:
 
 
 def main() -> None:
-    from accm.bench.accuracy import TorchAnswerer, evaluate, paired_difference
-    from accm.bench.latency import machine, run_isolated
     from accm.compensation.compensator import Compensator
     from accm.compensation.flops import compensation_flops
     from accm.data import shapes
     from accm.export.default import default_options, ensure_bundle
+    from accm.measure.accuracy import TorchAnswerer, evaluate, paired_difference
+    from accm.measure.latency import machine, run_isolated
     from accm.models.loading import load_llava
     from accm.models.prompt import mean_text_tokens
     from accm.models.registry import resolve

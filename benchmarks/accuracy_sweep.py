@@ -5,7 +5,7 @@ Methods at each budget k in {576, 192, 128, 64, 32, 18}:
   fastv   – LLM-side FastV at K=2 (layers 0-1 see all 576);
   random  – k random patches (vision side), the baseline;
 plus any schedule JSON files given with --schedule (e.g. G-Search / P-Sigmoid results), and
-the fraction of kept tokens that land on objects. Runs the PyTorch reference (accm.bench.accuracy).
+the fraction of kept tokens that land on objects. Runs the PyTorch reference (accm.measure.accuracy).
 
     python benchmarks/accuracy_sweep.py --n 1000 --seed 101 --json benchmarks/results/accuracy_sweep.json \
         --csv benchmarks/results/accuracy_sweep.csv --plot benchmarks/results/accuracy_sweep.png
@@ -25,8 +25,8 @@ BUDGETS = [576, 192, 128, 64, 32, 18]
 
 
 def main() -> None:
-    from accm.bench.accuracy import TorchAnswerer, evaluate
-    from accm.bench.latency import machine
+    from accm.measure.accuracy import TorchAnswerer, evaluate
+    from accm.measure.latency import machine
     from accm.models.loading import load_llava
     from accm.pruning.flops import dims_from_config, schedule_flops_ratio
     from accm.pruning.schedule import Schedule

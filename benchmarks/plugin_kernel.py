@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from accm.bench.latency import machine  # noqa: E402
 from accm.engines.gpu import cuda_device_count  # noqa: E402
 from accm.kernels import build as plugin  # noqa: E402
+from accm.measure.latency import machine  # noqa: E402
 from accm.pruning import select_tokens  # noqa: E402
 
 # (batch, tokens, hidden, kept): LLaVA-1.5's 576 image tokens at CLIP-L width (vision-side site)

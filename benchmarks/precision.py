@@ -57,12 +57,12 @@ def stage_agreement(fp32: Path, other: Path, samples) -> dict:
 
 
 def main() -> None:
-    from accm.bench.accuracy import BundleAnswerer, evaluate
-    from accm.bench.latency import machine, run_isolated
     from accm.bundle.manifest import load_manifest
     from accm.data import shapes
     from accm.engines import trt_rtx_check
     from accm.export.default import default_options, ensure_bundle
+    from accm.measure.accuracy import BundleAnswerer, evaluate
+    from accm.measure.latency import machine, run_isolated
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)

@@ -24,9 +24,9 @@ def _search(*args: str) -> None:
 
 
 def main() -> None:
-    from accm.bench.accuracy import TorchAnswerer, evaluate
-    from accm.bench.latency import machine
     from accm.data import shapes
+    from accm.measure.accuracy import TorchAnswerer, evaluate
+    from accm.measure.latency import machine
     from accm.models.loading import load_llava
     from accm.models.prompt import mean_text_tokens
     from accm.pruning.flops import dims_from_config, schedule_flops_ratio

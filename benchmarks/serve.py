@@ -84,8 +84,8 @@ def load(base: str, concurrency: int, n: int) -> dict:
 
 
 def main() -> None:
-    from accm.bench.latency import machine
     from accm.export.default import default_options, ensure_bundle
+    from accm.measure.latency import machine
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", default=None, help="default: accm-tiny, vision keep 64, fp32")

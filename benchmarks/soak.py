@@ -35,10 +35,10 @@ def rss_mb() -> float:
 
 
 def main() -> None:
-    from accm.bench.latency import machine
     from accm.cli._common import DEFAULT_VISION_KEEP
     from accm.export.default import default_options, ensure_bundle
     from accm.inputs import load_image
+    from accm.measure.latency import machine
     from accm.runtime.pipeline import Pipeline
 
     ap = argparse.ArgumentParser()

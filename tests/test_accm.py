@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from accm.compensation.compensator import Compensator
-from accm.compensation.train import AccmRecipe, caption_config, kl, train_accm
 from accm.data import shapes
 from accm.models.beam import beam_search, log_softmax
 from accm.models.caption import CaptionModel
 from accm.models.selector import Selector
 from accm.pruning.reference import ReferencePipeline
+from accm.train.accm import AccmRecipe, caption_config, kl, train_accm
 
 from .conftest import loaded_model, random_llava
 

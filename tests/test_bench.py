@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from accm.bench import roofline
+from accm.measure import roofline
 from accm.pruning.schedule import Schedule
 
 

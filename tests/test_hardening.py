@@ -77,7 +77,7 @@ def test_training_into_an_unwritable_work_directory_is_one_line(tmp_path):
 
 
 def test_benchmark_outputs_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    from accm.bench import sweep
+    from accm.measure import sweep
 
     report = {"results": [], "ratios": {}, "machine": {}}
     target = tmp_path / "out.json"

@@ -16,7 +16,7 @@ LAYERS = [
     {"engines"},
     {"runtime"},
     {"compensation", "precision", "train", "export"},
-    {"bench", "serve", "doctor", "kernels"},
+    {"measure", "serve", "doctor", "kernels"},
     {"cli"},
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}

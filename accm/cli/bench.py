@@ -9,7 +9,7 @@ from ._common import Parser, UserError, add_model_options, run_cli
 
 
 def _accuracy(args) -> int:
-    from ..bench.accuracy import BundleAnswerer, TorchAnswerer, evaluate
+    from ..measure.accuracy import BundleAnswerer, TorchAnswerer, evaluate
 
     if args.bundle is not None:
         if args.random_keep:
@@ -51,7 +51,7 @@ def _keep_list(values: list[str]) -> list[int | None]:
 
 
 def _latency(args) -> int:
-    from ..bench.sweep import latency_sweep, save
+    from ..measure.sweep import latency_sweep, save
 
     report = latency_sweep(args.model, args.bundle or [], _keep_list(args.vision_keep), args.schedule,
                            args.precision, args.provider, args.warmup, args.repeat, args.max_new_tokens,
@@ -74,7 +74,7 @@ def _latency(args) -> int:
 
 
 def _roofline(args) -> int:
-    from ..bench.roofline import DEFAULT_BUDGETS, table
+    from ..measure.roofline import DEFAULT_BUDGETS, table
 
     result = table(args.device, DEFAULT_BUDGETS, compute_eff=args.compute_efficiency,
                    memory_eff=args.memory_efficiency)
@@ -133,7 +133,7 @@ def build_parser() -> Parser:
     lat.set_defaults(func=_latency, default_model=None)
 
     roof = sub.add_parser("roofline", help="predicted llava-1.5-7b TTFT and decode tokens/s on a device (a model)")
-    from ..bench.roofline import DEVICES
+    from ..measure.roofline import DEVICES
 
     roof.add_argument("--device", choices=sorted(DEVICES), required=True)
     roof.add_argument("--compute-efficiency", type=float, default=1.0, help="fraction of peak FLOPs reached")

@@ -69,7 +69,7 @@ def _write(args, counts, meta) -> None:
 def _gsearch(args) -> int:
     from tqdm import tqdm
 
-    from ..bench.stats import standard_error
+    from ..measure.stats import standard_error
     from ..pruning.flops import schedule_flops_ratio
     from ..pruning.schedule import Schedule
     from ..pruning.search import g_search, paired_drop

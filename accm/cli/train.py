@@ -23,8 +23,8 @@ def _base(args) -> int:
 
 
 def _accm(args) -> int:
-    from ..compensation.data import JsonlSource
-    from ..compensation.train import AccmRecipe, train_accm
+    from ..train.accm import AccmRecipe, train_accm
+    from ..train.accm_data import JsonlSource
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(AccmRecipe)
                  if f.name != "keeps" and getattr(args, f.name, None) is not None}
@@ -60,7 +60,7 @@ def build_parser() -> Parser:
     a.add_argument("--work", required=True, help="work directory: checkpoints and logs (resumable)")
     a.add_argument("--output", required=True, help="where caption/ and selector/ are written")
     a.add_argument("--keeps", type=int, nargs="+", default=None, help="vision keep counts to train at (18 36)")
-    _recipe_flags(a, __import__("accm.compensation.train", fromlist=["AccmRecipe"]).AccmRecipe)
+    _recipe_flags(a, __import__("accm.train.accm", fromlist=["AccmRecipe"]).AccmRecipe)
     a.set_defaults(func=_accm)
     return p
 

@@ -181,7 +181,7 @@ def measure_peer(kind: str, model: str | None, schedule: str, warmup: int, repea
 
 def run_isolated(kind: str, args: dict, timeout: float = 3600) -> dict:
     """Run one measurement in a fresh interpreter; returns its JSON."""
-    cmd = [sys.executable, "-m", "accm.bench.latency", kind, json.dumps(args)]
+    cmd = [sys.executable, "-m", "accm.measure.latency", kind, json.dumps(args)]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:

@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..compensation.compensator import Compensator
 from ..data.shapes import NOTHING
 from ..models.caption import CaptionConfig, CaptionModel
 from ..models.loading import load_llava
 from ..models.selector import Selector
 from ..pruning.llm import generate, prefill
 from ..pruning.reference import ReferencePipeline
-from ..train import checkpoint
-from ..train.gate import GatedSchedule, Plateau
-from .compensator import Compensator
+from . import checkpoint
+from .gate import GatedSchedule, Plateau
 
 
 @dataclasses.dataclass
@@ -366,7 +366,7 @@ def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe |
 
     Validation: ShapesVQA's val split by default; with user data, its last tenth is held out.
     """
-    from .data import ShapesSource, held_out
+    from .accm_data import ShapesSource, held_out
 
     recipe = recipe or AccmRecipe()
     work, output = Path(work), Path(output)
