@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _wilson(hits: int, n: int) -> list[float]:
-    from accm.measure.stats import wilson_interval
+    from accm.stats import wilson_interval
 
     return [round(v, 4) for v in wilson_interval(hits, n)]
 

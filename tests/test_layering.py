@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1] / "accm"
 
 #: lowest first; a module may import from its own layer and the layers below it
 LAYERS = [
-    {"errors", "files", "inputs", "bundle", "assets"},
+    {"errors", "files", "inputs", "stats", "bundle", "assets"},
     {"data"},
     {"models"},
     {"pruning"},

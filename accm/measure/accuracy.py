@@ -20,7 +20,7 @@ from ..data import shapes
 from ..data.answers import normalise
 from ..data.baselines import blind_answers
 from ..pruning.schedule import Schedule
-from .stats import wilson_interval
+from ..stats import wilson_interval
 
 CAPTION_MODES = ("selected", "random", "oracle", "none")
 

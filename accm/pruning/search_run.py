@@ -1,0 +1,160 @@
+"""accm-search's work, as library calls: load the model and validation data, run the rank
+analysis, G-Search or P-Sigmoid, and return (and optionally write) the result. The CLI only
+parses flags and prints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from ..errors import AccmUserError
+from ..files import write_text
+
+
+@dataclasses.dataclass
+class SearchOptions:
+    model: str | None = None
+    val: str | None = None  # JSONL of {image, question[, answer]}; None: ShapesVQA val
+    n: int = 200
+    seed: int = 0
+    batch_size: int = 16
+    output: str | None = None
+    quiet: bool = False
+    plot: str | None = None  # ranks: heatmap PNG
+    tolerance: float = 0.0  # gsearch
+    z: float = 0.0  # gsearch
+    budget_tokens: float | None = None  # psigmoid
+    budget_flops: float | None = None
+    match: str | None = None
+    trials: int = 30
+
+
+def _context(args: SearchOptions):
+    from ..models.loading import load_llava
+    from ..models.registry import checkpoint_digest
+    from .search_eval import jsonl_val, shapes_val
+
+    lm = load_llava(args.model)
+    samples = jsonl_val(args.val) if args.val else shapes_val(args.n, args.seed)
+    source = str(args.val) if args.val else f"ShapesVQA val split (n={args.n}, seed={args.seed})"
+    return lm, samples, {"source": source, "n": len(samples)}, checkpoint_digest(lm.source.path)
+
+
+def run_ranks(args: SearchOptions) -> dict:
+    from .reference import ReferencePipeline
+    from .search_eval import plot_heatmap, rank_similarity
+
+    lm, samples, val, digest = _context(args)
+    ref = ReferencePipeline(lm.model, lm.processor, template=lm.template)
+    result = rank_similarity(ref, samples, progress=not args.quiet)
+    result.update(model=lm.source.name, model_digest=digest, val=val)
+    if args.output:
+        write_text(args.output, json.dumps(result, indent=1) + "\n")
+    if args.plot:
+        title = f"{lm.source.name}: Kendall τ of image-token rankings ({len(samples)} samples)"
+        plot_heatmap(result, Path(args.plot), title)
+    return result
+
+
+def _scorer(lm, samples, args):
+    from .search import CachedEvaluator
+    from .search_eval import ScheduleScorer
+
+    scorer = ScheduleScorer(lm.model, lm.processor, lm.template, samples, batch_size=args.batch_size)
+    return scorer, CachedEvaluator(scorer.hits)
+
+
+def _dims(lm, samples):
+    from ..models.prompt import mean_text_tokens
+    from .flops import dims_from_config
+
+    encode = lambda text: lm.processor.tokenizer(text)["input_ids"]  # noqa: E731
+    n_text = mean_text_tokens(encode, lm.template, [s.question for s in samples], lm.model.config.image_token_index)
+    return dims_from_config(lm.model.config), n_text
+
+
+def _write(args, counts, meta) -> dict:
+    from .schedule import Schedule
+
+    schedule = Schedule.per_layer(counts, meta=meta)
+    if args.output:
+        schedule.save(args.output)
+    return schedule.to_json()
+
+
+def run_gsearch(args: SearchOptions) -> dict:
+    from tqdm import tqdm
+
+    from ..stats import standard_error
+    from .flops import schedule_flops_ratio
+    from .schedule import Schedule
+    from .search import g_search, paired_drop
+
+    lm, samples, val, digest = _context(args)
+    scorer, evaluate = _scorer(lm, samples, args)
+    dims, n_text = _dims(lm, samples)
+    t0 = time.perf_counter()
+    bar = tqdm(total=dims.layers - 1, desc="G-Search", unit="layer", disable=args.quiet)
+    counts = g_search(evaluate, dims.layers, dims.patches, args.tolerance,
+                      progress=lambda layer, c: (bar.update(), bar.set_postfix_str(str(c[layer]))), z=args.z)
+    bar.close()
+    full_counts = [dims.patches] * dims.layers
+    full = evaluate(full_counts)
+    score = evaluate(counts)
+    drop, se = paired_drop(evaluate.samples[tuple(full_counts)], evaluate.samples[tuple(counts)])
+    return _write(args, counts, {
+        "method": "gsearch", "model": lm.source.name, "model_digest": digest, "metric": scorer.metric,
+        "score": score, "full_score": full, "val_n": len(samples),
+        "score_se": standard_error(score, len(samples)), "drop": drop, "drop_se": se,
+        "tolerance": args.tolerance, "z": args.z, "val": val,
+        "prefill_flops_ratio": schedule_flops_ratio(dims, Schedule.per_layer(counts), n_text),
+        "evaluations": evaluate.log.evaluations, "seconds": round(time.perf_counter() - t0, 1)})
+
+
+def run_psigmoid(args: SearchOptions) -> dict:
+    from tqdm import tqdm
+
+    from . import search
+    from .flops import schedule_flops_ratio
+    from .schedule import Schedule
+
+    lm, samples, val, digest = _context(args)
+    dims, n_text = _dims(lm, samples)
+    given = [x is not None for x in (args.budget_tokens, args.budget_flops, args.match)]
+    if sum(given) != 1:
+        raise AccmUserError("give exactly one budget: --budget-tokens T, --budget-flops F or --match SPEC")
+    if args.budget_tokens is not None:
+        budget = {"mean_tokens": args.budget_tokens}
+        fit = lambda ratios_for: search.fit_mean_tokens(ratios_for, dims.patches, args.budget_tokens)  # noqa: E731
+    else:
+        if args.match is not None:
+            try:
+                target = schedule_flops_ratio(dims, Schedule.parse(args.match), n_text)
+            except ValueError as e:
+                raise AccmUserError(str(e)) from None
+            budget = {"flops_ratio": target, "match": args.match}
+        else:
+            target = args.budget_flops
+            budget = {"flops_ratio": target}
+        ratio = lambda counts: schedule_flops_ratio(dims, Schedule.per_layer(counts), n_text)  # noqa: E731
+        fit = lambda ratios_for: search.fit_flops(ratios_for, dims.patches, ratio, target)  # noqa: E731
+    scorer, evaluate = _scorer(lm, samples, args)
+    t0 = time.perf_counter()
+    bar = tqdm(total=args.trials, desc="P-Sigmoid BO", unit="trial", disable=args.quiet)
+    try:
+        result = search.p_sigmoid_search(evaluate, dims.layers, dims.patches, fit, args.trials, args.seed,
+                                         progress=lambda _: bar.update())
+    except ValueError as e:
+        raise AccmUserError(str(e)) from None
+    bar.close()
+    return _write(args, result.counts, {
+        "method": "psigmoid", "model": lm.source.name, "model_digest": digest, "metric": scorer.metric,
+        "score": result.score, "full_score": evaluate([dims.patches] * dims.layers), "budget": budget,
+        "params": result.params, "trials": args.trials, "seed": args.seed, "val": val,
+        "mean_tokens": sum(result.counts) / len(result.counts),
+        "prefill_flops_ratio": schedule_flops_ratio(dims, Schedule.per_layer(result.counts), n_text),
+        "evaluations": evaluate.log.evaluations, "seconds": round(time.perf_counter() - t0, 1)})
+
+
