@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -54,3 +55,37 @@ def check_prompt(prompt: str, max_chars: int = MAX_PROMPT_CHARS) -> str:
     if "<image>" in prompt:
         raise InputError("the prompt must not contain '<image>' (the image goes where the template puts it)")
     return prompt
+
+
+def jsonl_rows(path: str | Path, required: tuple[str, ...], what: str = "data",
+               lenient: bool = False) -> tuple[list[dict], list[str]]:
+    """The objects of a JSONL file that have every ``required`` field, each with ``_line``, and
+    its ``image`` (if any) resolved against the file's folder.
+
+    Strict (default): a missing file, an unreadable line or a missing field is one ``InputError``.
+    ``lenient``: such lines are skipped and described in the second return value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file not found: {path}")
+    rows, problems = [], []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            missing = [k for k in required if not isinstance(row, dict) or k not in row]
+        except json.JSONDecodeError:
+            row, missing = None, ["valid JSON"]
+        if missing:
+            problem = f"{path.name}:{lineno}: needs {' and '.join(missing)}"
+            if not lenient:
+                raise InputError(problem)
+            problems.append(problem)
+            continue
+        if "image" in row:
+            row["image"] = str((path.parent / str(row["image"])).resolve())
+        rows.append({**row, "_line": lineno})
+    if not rows and not lenient:
+        raise InputError(f"{path} holds no samples")
+    return rows, problems

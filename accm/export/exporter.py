@@ -20,6 +20,7 @@ from .. import __version__
 from ..bundle import manifest, names
 from ..data.preprocess import ImageSpec
 from ..errors import AccmUserError
+from ..models.dims import patch_count, text_dims
 from ..models.loading import LoadedModel, load_llava
 from ..models.registry import checkpoint_digest
 from ..pruning.schedule import Schedule
@@ -82,132 +83,155 @@ class ExportConfig:
         return n_patches if self.vision_keep is None else min(self.vision_keep, n_patches)
 
 
-def _dims(model):
-    t = model.config.text_config
-    heads = t.num_attention_heads
-    return {
-        "hidden": t.hidden_size, "num_layers": t.num_hidden_layers, "num_heads": heads,
-        "num_kv_heads": getattr(t, "num_key_value_heads", None) or heads,
-        "head_dim": getattr(t, "head_dim", None) or t.hidden_size // heads, "vocab": t.vocab_size,
-        "max_positions": t.max_position_embeddings,
+@dataclasses.dataclass
+class ExportPlan:
+    """What an export decides once, from the config and the model, for every step after it."""
+
+    n_patches: int
+    n_image: int  # image tokens the LLM receives (the vision keep, clamped; all when not pruned)
+    counts: list[int]  # image tokens per decoder layer
+    dims: dict
+    spec: ImageSpec
+    vision: VisionStage
+    prefill: PrefillStage
+    decode: DecodeStage
+
+    @property
+    def vision_keep(self) -> int | None:
+        return self.n_image if self.n_image < self.n_patches else None
+
+
+@dataclasses.dataclass
+class TraceJob:
+    """One graph to trace: the module, sample inputs, I/O names and dynamic axes."""
+
+    stage: str
+    module: torch.nn.Module
+    sample: tuple
+    inputs: list[str]
+    outputs: list[str]
+    dynamic: tuple
+
+
+def plan_export(lm: LoadedModel, config: ExportConfig) -> ExportPlan:
+    model = lm.model
+    n_patches = patch_count(model.config.vision_config)
+    n_image = config.n_image(n_patches)
+    dims = text_dims(model.config)
+    try:
+        counts = config.schedule.layer_counts(dims["num_layers"], n_image)
+        if config.score_layer is not None:
+            resolve_layer(len(encoder_layers(model.model.vision_tower)), config.score_layer)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    return ExportPlan(n_patches, n_image, counts, dims, ImageSpec.from_hf(lm.processor.image_processor),
+                      VisionStage(model, config.vision_keep, config.score_layer, config.target),
+                      PrefillStage(model, n_image, config.schedule, config.target), DecodeStage(model, counts))
+
+
+def core_jobs(lm: LoadedModel, plan: ExportPlan) -> list[TraceJob]:
+    """The four graphs every bundle has, with batch-2 samples (dynamo specialises size-1 axes)."""
+    hidden, kvh, hd = plan.dims["hidden"], plan.dims["num_kv_heads"], plan.dims["head_dim"]
+    batch, seq = Dim("batch"), Dim("seq")
+    length, n_image = plan.n_image + 13, plan.n_image
+    ids = torch.ones(2, length, dtype=torch.long)
+    ids[:, 4:4 + n_image] = lm.model.config.image_token_index
+    prefill_args = (ids, torch.randn(2, length, hidden), torch.ones(2, length, dtype=torch.long),
+                    torch.arange(length).expand(2, length).contiguous())
+    decode = plan.decode
+    pasts = [Dim(f"past{g}") for g in range(decode.n_groups)]
+    lengths = [37 + 5 * g for g in range(decode.n_groups)]
+    past, past_shapes = [], []
+    for g in decode.groups:
+        past += [torch.randn(2, kvh, lengths[g], hd) for _ in range(2)]
+        past_shapes += [{0: batch, 2: pasts[g]}] * 2
+    decode_args = (torch.randn(2, 1, hidden), torch.full((2, 1), 50, dtype=torch.long),
+                   *[torch.ones(2, n + 1, dtype=torch.long) for n in lengths], *past)
+    decode_dyn = ({0: batch}, {0: batch}, tuple([{0: batch, 1: p + 1} for p in pasts] + past_shapes))
+    return [
+        TraceJob(names.VISION, plan.vision, (torch.randn(2, 3, plan.spec.size, plan.spec.size),), [names.PIXEL_VALUES],
+                 plan.vision.output_names(), ({0: batch},)),
+        TraceJob(names.EMBED, EmbedStage(lm.model), (torch.ones(2, 7, dtype=torch.long),), [names.INPUT_IDS],
+                 [names.INPUTS_EMBEDS], ({0: batch, 1: seq},)),
+        TraceJob(names.LLM_PREFILL, plan.prefill, prefill_args,
+                 [names.INPUT_IDS, names.INPUTS_EMBEDS, names.ATTENTION_MASK, names.POSITION_IDS],
+                 plan.prefill.output_names(), tuple({0: batch, 1: seq} for _ in range(4))),
+        TraceJob(names.LLM_DECODE, decode, decode_args, decode.input_names(), decode.output_names(), decode_dyn),
+    ]
+
+
+def write_graphs(jobs: list[TraceJob], out: Path, tokenizer, progress: bool) -> dict:
+    """Trace every job into ``out`` (prefill and decode share one weights file), and the tokenizer."""
+    bar = tqdm(total=len(jobs) + 1, desc="export", unit="stage", disable=not progress)
+    stages = {}
+    for job in jobs:
+        bar.set_postfix_str(job.stage)
+        export_module(job.module, job.sample, out / f"{job.stage}.onnx", job.inputs, job.outputs, job.dynamic)
+        stages[job.stage] = {"file": f"{job.stage}.onnx", "inputs": job.inputs, "outputs": job.outputs}
+        bar.update()
+    bar.set_postfix_str("share weights")
+    share_weights(*(out / f"{s}.onnx" for s in names.SHARED_WEIGHT_STAGES))
+    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    bar.update()
+    bar.close()
+    return stages
+
+
+def bundle_info(lm: LoadedModel, plan: ExportPlan, config: ExportConfig, stages: dict, accm: dict | None) -> dict:
+    """The manifest body (``bundle.manifest.write_manifest`` adds the files, digests and format)."""
+    tok = lm.processor.tokenizer
+    info = {
+        "toolkit_version": __version__,
+        "source_model": {"name": lm.source.name, "repo_id": lm.source.repo_id,
+                         "digest": checkpoint_digest(lm.source.path)},
+        "precision": "fp32",
+        "target": config.target,
+        "pruning": {
+            "vision_keep": plan.vision_keep, "score_layer": plan.vision.score_layer,
+            "schedule": config.schedule.to_json(), "layer_counts": plan.counts,
+            "prune_points": {str(k): v for k, v in plan.prefill.points.items()}, "layer_groups": plan.decode.groups,
+        },
+        "prompt_template": lm.template,
+        "image": plan.spec.to_json(),
+        "tokens": {"image_token_id": int(lm.model.config.image_token_index), "n_patches": plan.n_patches,
+                   "n_image": plan.n_image, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                   "pad_token_id": tok.pad_token_id},
+        "model": plan.dims,
+        "tokenizer": "tokenizer.json",
+        "stages": stages,
     }
+    if accm is not None:
+        info["accm"] = accm
+    return info
 
 
 def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrite: bool = False,
                   progress: bool = True, loaded: LoadedModel | None = None) -> dict:
-    """Export ``name`` (any --model value) into the bundle directory ``output``."""
+    """Export ``name`` (any --model value) into the bundle directory ``output``: plan → trace →
+    write → convert, in a temporary directory renamed into place when complete."""
     config.validate()
     lm = loaded or load_llava(name, dtype=torch.float32)
-    model, processor = lm.model, lm.processor
-    vcfg = model.config.vision_config
-    n_patches = (vcfg.image_size // vcfg.patch_size) ** 2
-    n_image = config.n_image(n_patches)
-    dims = _dims(model)
-    try:
-        counts = config.schedule.layer_counts(dims["num_layers"], n_image)
-        layer_count = len(encoder_layers(model.model.vision_tower))
-        if config.score_layer is not None:
-            resolve_layer(layer_count, config.score_layer)
-    except ValueError as e:
-        raise ExportError(str(e)) from None
-    vision = VisionStage(model, config.vision_keep, config.score_layer, config.target)
-    prefill = PrefillStage(model, n_image, config.schedule, config.target)
-    decode = DecodeStage(model, counts)
-    embed = EmbedStage(model)
-    spec = ImageSpec.from_hf(processor.image_processor)
-    hidden, kvh, hd = dims["hidden"], dims["num_kv_heads"], dims["head_dim"]
-    batch, seq = Dim("batch"), Dim("seq")
-    pasts = [Dim(f"past{g}") for g in range(decode.n_groups)]
-
-    def prefill_sample():
-        length = n_image + 13
-        ids = torch.ones(2, length, dtype=torch.long)
-        ids[:, 4:4 + n_image] = model.config.image_token_index
-        return (ids, torch.randn(2, length, hidden), torch.ones(2, length, dtype=torch.long),
-                torch.arange(length).expand(2, length).contiguous())
-
-    def decode_sample():
-        lengths = [37 + 5 * g for g in range(decode.n_groups)]
-        masks = [torch.ones(2, n + 1, dtype=torch.long) for n in lengths]
-        past, shapes = [], []
-        for g in decode.groups:
-            past += [torch.randn(2, kvh, lengths[g], hd) for _ in range(2)]
-            shapes += [{0: batch, 2: pasts[g]}] * 2
-        args = (torch.randn(2, 1, hidden), torch.full((2, 1), 50, dtype=torch.long), *masks, *past)
-        dyn = ({0: batch}, {0: batch}, tuple([{0: batch, 1: p + 1} for p in pasts] + shapes))
-        return args, dyn
-
-    dec_args, dec_dyn = decode_sample()
-    jobs = [
-        (names.VISION, vision, (torch.randn(2, 3, spec.size, spec.size),), [names.PIXEL_VALUES],
-         vision.output_names(), ({0: batch},)),
-        (names.EMBED, embed, (torch.ones(2, 7, dtype=torch.long),), [names.INPUT_IDS], [names.INPUTS_EMBEDS],
-         ({0: batch, 1: seq},)),
-        (names.LLM_PREFILL, prefill, prefill_sample(),
-         [names.INPUT_IDS, names.INPUTS_EMBEDS, names.ATTENTION_MASK, names.POSITION_IDS],
-         prefill.output_names(), tuple({0: batch, 1: seq} for _ in range(4))),
-        (names.LLM_DECODE, decode, dec_args, decode.input_names(), decode.output_names(), dec_dyn),
-    ]
-    accm_info = None
+    plan = plan_export(lm, config)
+    jobs, accm = core_jobs(lm, plan), None
     if config.accm:
-        comp = load_compensator(lm, config.accm_dir)
-        if n_image >= n_patches:
+        if plan.vision_keep is None:
             raise ExportError("--accm needs vision-side pruning to leave discarded tokens")
-        jobs += accm_jobs(comp, n_patches - n_image, batch, vcfg.hidden_size)
-        accm_info = accm_manifest(comp)
+        comp = load_compensator(lm, config.accm_dir)
+        jobs += accm_jobs(comp, plan.n_patches - plan.n_image, Dim("batch"), lm.model.config.vision_config.hidden_size)
+        accm = accm_manifest(comp)
     with manifest.staged_directory(Path(output), overwrite) as tmp:
         scratch = tmp if config.precision == "fp32" else tmp / ".fp32"
         scratch.mkdir(exist_ok=True)
-        bar = tqdm(total=len(jobs) + 2, desc="export", unit="stage", disable=not progress)
-        stages = {}
-        for stage, module, args, ins, outs, dyn in jobs:
-            bar.set_postfix_str(stage)
-            export_module(module, args, scratch / f"{stage}.onnx", ins, outs, dyn)
-            stages[stage] = {"file": f"{stage}.onnx", "inputs": ins, "outputs": outs}
-            bar.update()
-        bar.set_postfix_str("share weights")
-        share_weights(scratch / "llm_prefill.onnx", scratch / "llm_decode.onnx")
-        processor.tokenizer.backend_tokenizer.save(str(scratch / "tokenizer.json"))
-        bar.update()
-        info = {
-            "toolkit_version": __version__,
-            "source_model": {"name": lm.source.name, "repo_id": lm.source.repo_id,
-                             "digest": checkpoint_digest(lm.source.path)},
-            "precision": "fp32",
-            "target": config.target,
-            "pruning": {
-                "vision_keep": config.vision_keep if n_image < n_patches else None,
-                "score_layer": vision.score_layer,
-                "schedule": config.schedule.to_json(),
-                "layer_counts": counts,
-                "prune_points": {str(k): v for k, v in prefill.points.items()},
-                "layer_groups": decode.groups,
-            },
-            "prompt_template": lm.template,
-            "image": spec.to_json(),
-            "tokens": {
-                "image_token_id": int(model.config.image_token_index), "n_patches": n_patches,
-                "n_image": n_image, "bos_token_id": processor.tokenizer.bos_token_id,
-                "eos_token_id": processor.tokenizer.eos_token_id,
-                "pad_token_id": processor.tokenizer.pad_token_id,
-            },
-            "model": dims,
-            "tokenizer": "tokenizer.json",
-            "stages": stages,
-        }
-        if accm_info is not None:
-            info["accm"] = accm_info
+        info = bundle_info(lm, plan, config, write_graphs(jobs, scratch, lm.processor.tokenizer, progress), accm)
         manifest.write_manifest(scratch, info)
-        bar.close()
         if config.precision != "fp32":
             info["precision"] = config.precision
-            info["precision_detail"] = convert_precision(scratch, tmp, stages, config, progress)
-            processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+            info["precision_detail"] = convert_precision(scratch, tmp, info["stages"], config, progress)
+            lm.processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
             shutil.rmtree(scratch)
         info["shared_weights"] = shared_weight_table(tmp, list(names.SHARED_WEIGHT_STAGES))
         info["runtime_requirements"] = requirements(tmp, [s["file"] for s in info["stages"].values()])
-        result = manifest.write_manifest(tmp, info)
-    return result
+        return manifest.write_manifest(tmp, info)
 
 
 def load_compensator(lm: LoadedModel, accm_dir: str | None):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..bundle import names
+from ..models.dims import patch_count
 from ..pruning.llm import for_attention, last_query_attention
 from ..pruning.schedule import Schedule
 from ..pruning.vision import encoder_layers, patch_scores, resolve_layer
@@ -33,7 +34,7 @@ class VisionStage(nn.Module):
         self.feature_layer = cfg.vision_feature_layer
         n_layers = len(encoder_layers(self.tower))
         self.score_layer = resolve_layer(n_layers, score_layer)
-        self.n = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+        self.n = patch_count(cfg.vision_config)
         self.keep = None if keep is None or keep >= self.n else int(keep)
 
     def forward(self, pixel_values):

@@ -8,13 +8,12 @@ and a count; fewer than ``min_samples`` usable samples is an error.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from ..data import shapes
 from ..errors import AccmUserError, InputError
-from ..inputs import check_prompt, load_image
+from ..inputs import check_prompt, jsonl_rows, load_image
 
 MIN_SAMPLES = 4
 
@@ -48,18 +47,17 @@ def directory_samples(directory: str | Path, n: int, min_samples: int = MIN_SAMP
     pool = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     samples = []
     cycle = 0
-    lines = [ln for ln in prompts_file.read_text().splitlines() if ln.strip()]
-    for lineno, line in enumerate(lines, 1):
+    rows, problems = jsonl_rows(prompts_file, ("prompt",), "calibration", lenient=True)
+    for row in rows:
         if len(samples) >= n:
             break
         try:
-            row = json.loads(line)
             prompt = check_prompt(row["prompt"])
-        except (json.JSONDecodeError, KeyError, TypeError, InputError) as e:
-            problems.append(f"prompts.jsonl:{lineno}: {type(e).__name__}")
+        except (TypeError, AttributeError, InputError) as e:
+            problems.append(f"prompts.jsonl:{row['_line']}: {type(e).__name__}")
             continue
         if "image" in row:
-            img = image(root / str(row["image"]))
+            img = image(Path(row["image"]))
         else:  # a prompt without an image pairs with the next usable image of the directory
             img = None
             for _ in range(len(pool)):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..models.dims import patch_count
 from .schedule import Schedule
 
 
@@ -53,7 +54,7 @@ def dims_from_config(config) -> ModelDims:
         kv_heads=getattr(t, "num_key_value_heads", None) or t.num_attention_heads,
         layers=t.num_hidden_layers, vocab=t.vocab_size, vision_hidden=v.hidden_size,
         vision_intermediate=v.intermediate_size, vision_layers_run=run,
-        patches=(v.image_size // v.patch_size) ** 2, patch_size=v.patch_size,
+        patches=patch_count(v), patch_size=v.patch_size,
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..data.preprocess import ImageSpec, preprocess
+from ..models.dims import patch_count
 from ..models.prompt import build_prompt_ids, left_pad, rendered_prompt_ids
 from ..models.templates import template_from_processor
 from .llm import generate
@@ -48,7 +49,7 @@ class ReferencePipeline:
         self.random_keep_seed = random_keep_seed
         self.compensator = compensator  # ACCM: captions of the discarded tokens, spliced into the prompt
         self.image_id = model.config.image_token_index
-        self.n_patches = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+        self.n_patches = patch_count(model.config.vision_config)
 
     def pixel_values(self, images) -> torch.Tensor:
         return torch.from_numpy(np.stack([preprocess(im, self.spec) for im in images]))

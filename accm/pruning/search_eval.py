@@ -8,7 +8,6 @@ full-token model's own greedy answers (label-free, so it works with user images 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,8 @@ from tqdm import tqdm
 
 from ..data import shapes
 from ..data.answers import normalise
-from ..errors import InputError
 from ..files import atomic_path
-from ..inputs import load_image
+from ..inputs import jsonl_rows, load_image
 from .llm import last_query_attention
 from .reference import ReferencePipeline
 from .schedule import Schedule
@@ -39,21 +37,8 @@ def shapes_val(n: int, seed: int = 0) -> list[ValSample]:
 
 
 def jsonl_val(path: str | Path) -> list[ValSample]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"validation file not found: {path}")
-    out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            out.append(ValSample(load_image(path.parent / row["image"]), row["question"], row.get("answer")))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise InputError(f"{path}:{lineno}: needs image and question ({type(e).__name__})") from None
-    if not out:
-        raise InputError(f"{path} holds no samples")
-    return out
+    rows, _ = jsonl_rows(path, ("image", "question"), "validation")
+    return [ValSample(load_image(r["image"]), r["question"], r.get("answer")) for r in rows]
 
 
 class ScheduleScorer:

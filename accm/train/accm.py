@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..compensation.compensator import Compensator
 from ..data.shapes import NOTHING
 from ..models.caption import CaptionConfig, CaptionModel
+from ..models.dims import patch_count
 from ..models.loading import load_llava
 from ..models.selector import Selector
 from ..pruning.llm import generate, prefill
@@ -68,7 +69,7 @@ def caption_config(lm, recipe: AccmRecipe) -> CaptionConfig:
     tok = lm.processor.tokenizer
     cfg = lm.model.config
     stop = tok("x .", add_special_tokens=False)["input_ids"][-1]
-    n_patches = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+    n_patches = patch_count(cfg.vision_config)
     return CaptionConfig(
         vision_dim=cfg.vision_config.hidden_size, n_patches=n_patches, vocab_size=len(tok),
         prefix_len=recipe.prefix_len, hidden=recipe.caption_hidden, mapper_layers=recipe.mapper_layers,

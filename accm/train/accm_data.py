@@ -9,14 +9,12 @@ in stage 2: an ``answer`` field, if present, is ignored.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..data import shapes
-from ..errors import InputError
-from ..inputs import load_image
+from ..inputs import jsonl_rows, load_image
 
 
 class ShapesSource:
@@ -59,23 +57,7 @@ class JsonlSource:
     """Lines of ``{"image": ..., "question": ...}`` and/or ``{"image": ..., "caption": ...}``."""
 
     def __init__(self, path: str | Path, field: str):
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"data file not found: {path}")
-        self.rows = []
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise InputError(f"{path}:{lineno}: not valid JSON") from None
-            if "image" not in row or field not in row:
-                raise InputError(f"{path}:{lineno}: needs 'image' and '{field}'")
-            row["image"] = str((path.parent / row["image"]).resolve())
-            self.rows.append(row)
-        if not self.rows:
-            raise InputError(f"{path} holds no samples")
+        self.rows, _ = jsonl_rows(path, ("image", field))
 
     def __len__(self) -> int:
         return len(self.rows)
