@@ -36,3 +36,13 @@ def test_recipe_trains_and_resumes(tmp_path):
     train_base(work, out, recipe)
     assert {p.name: p.stat().st_mtime_ns for p in work.glob("*.pt")} == before
     assert len(_log(work / "llm_log.jsonl")) == 2
+
+
+def test_gated_schedule_holds_the_peak_until_the_gate_and_decays_a_capped_run():
+    from accm.train.gate import GatedSchedule
+
+    s = GatedSchedule(1e-3, warmup=10, decay_steps=100, max_steps=1000)
+    assert s.lr(500) == 1e-3 and not s.done(999)
+    assert s.lr(950) < 1e-3 and s.lr(999) < 1e-4 and s.done(1000)  # capped: the tail still decays
+    s.pass_gate(300)
+    assert s.lr(299) == 1e-3 and s.lr(350) < 1e-3 and s.done(400) and not s.done(399)

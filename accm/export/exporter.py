@@ -244,7 +244,7 @@ def load_compensator(lm: LoadedModel, accm_dir: str | None):
     return Compensator.load(directory, lm.processor.tokenizer)
 
 
-def accm_jobs(comp, n_discarded: int, batch, vision_dim: int) -> list:
+def accm_jobs(comp, n_discarded: int, batch, vision_dim: int) -> list[TraceJob]:
     cfg = comp.caption.cfg
     heads, head_dim = cfg.lm_heads, cfg.hidden // cfg.lm_heads
     new, past, length = Dim("new"), Dim("past"), Dim("length")
@@ -252,7 +252,7 @@ def accm_jobs(comp, n_discarded: int, batch, vision_dim: int) -> list:
     decode = CaptionDecodeStage(comp.caption)
     selector = SelectorStage(comp.selector)
     kv = [torch.randn(2, heads, 5, head_dim) for _ in range(2 * cfg.lm_layers)]
-    return [
+    jobs = [
         (names.CAPTION_PREFIX, prefix,
          (torch.randn(2, n_discarded, vision_dim), torch.arange(n_discarded).expand(2, n_discarded).contiguous(),
           torch.rand(2, n_discarded)),
@@ -269,6 +269,7 @@ def accm_jobs(comp, n_discarded: int, batch, vision_dim: int) -> list:
         (names.SELECTOR, selector, (torch.ones(2, 3, 9, dtype=torch.long), torch.ones(2, 3, 9, dtype=torch.long)),
          [names.INPUT_IDS, names.ATTENTION_MASK], [names.PROBS], ({0: batch, 2: length}, {0: batch, 2: length})),
     ]
+    return [TraceJob(*job) for job in jobs]
 
 
 def accm_manifest(comp) -> dict:

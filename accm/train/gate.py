@@ -3,7 +3,8 @@ passed, then decays over a fixed tail; step counts follow the gate, not a budget
 
 Small transformers learn lookups abruptly after a plateau, so a cosine schedule sized in advance
 can decay the learning rate before the jump happens. ``max_steps`` is only a safety cap; a run
-that reaches it has *not* passed its gate, and says so.
+that reaches it has *not* passed its gate, and says so (its last ``decay_steps`` still decay the
+learning rate, so even a capped run ends on a settled model).
 """
 
 from __future__ import annotations
@@ -21,12 +22,19 @@ class GatedSchedule:
     floor: float = 0.05
     passed_at: int | None = None  # the step at which the gate was passed
 
+    def decay_start(self) -> int:
+        """Where the tail begins: at the gate, or, if the gate is never passed, early enough that
+        a run stopped by the cap still ends on a decayed learning rate."""
+        cap_tail = max(0, self.max_steps - self.decay_steps)
+        return cap_tail if self.passed_at is None else min(self.passed_at, cap_tail + self.decay_steps)
+
     def lr(self, step: int) -> float:
         if step < self.warmup:
             return self.peak * (step + 1) / self.warmup
-        if self.passed_at is None:
+        start = self.decay_start()
+        if step < start:
             return self.peak
-        t = min(1.0, (step - self.passed_at) / max(1, self.decay_steps))
+        t = min(1.0, (step - start) / max(1, self.decay_steps))
         return self.peak * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
     def pass_gate(self, step: int) -> None:
