@@ -63,6 +63,7 @@ class AccmRecipe:
     selector_heads: int = 8
     seed: int = 0
     log_every: int = 100
+    threads: int = 0  # torch threads; 0 keeps torch's default
 
 
 def caption_config(lm, recipe: AccmRecipe) -> CaptionConfig:
@@ -374,6 +375,8 @@ def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe |
     work.mkdir(parents=True, exist_ok=True)
     (work / "accm_recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
     t0 = time.time()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     lm = load_llava(model)
     lm.model.requires_grad_(False)
