@@ -1,10 +1,13 @@
 """G-Search and P-Sigmoid on a model (accm-tiny by default), evaluated on ShapesVQA *test*.
 
 Runs the three accm-search commands (validation: ShapesVQA val), then measures each found
-schedule and its baselines with the accuracy harness on the test split, with the prefill
-FLOPs ratio of each. Writes a JSON table and an accuracy-vs-FLOPs plot.
+schedule and its baselines with the accuracy harness on the test split (a seed the search never
+saw), with the prefill FLOPs ratio of each. Every test accuracy carries its 95 % interval and its
+paired difference to full tokens (same questions). G-Search accepts a layer only where the drop
+is within ``--tolerance`` plus ``--z`` paired standard errors of the validation score, so it does
+not chase noise. Writes a JSON table and an accuracy-vs-FLOPs plot.
 
-    python benchmarks/search.py --val-n 200 --test-n 500 --out benchmarks/results
+    python benchmarks/search.py --val-n 600 --test-n 1000 --test-seed 103 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def _search(*args: str) -> None:
 
 def main() -> None:
     from accm.data import shapes
-    from accm.measure.accuracy import TorchAnswerer, evaluate
+    from accm.measure.accuracy import TorchAnswerer, evaluate, paired_difference
     from accm.measure.latency import machine
     from accm.models.loading import load_llava
     from accm.models.prompt import mean_text_tokens
@@ -34,8 +37,11 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="accm-tiny")
-    ap.add_argument("--val-n", type=int, default=200)
-    ap.add_argument("--test-n", type=int, default=500)
+    ap.add_argument("--val-n", type=int, default=600)
+    ap.add_argument("--test-n", type=int, default=1000)
+    ap.add_argument("--test-seed", type=int, default=103)
+    ap.add_argument("--tolerance", type=float, default=0.01)
+    ap.add_argument("--z", type=float, default=1.645)
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--matches", nargs="+", default=["fastv:2:64", "fastv:2:18"])
     ap.add_argument("--out", default="benchmarks/results")
@@ -44,7 +50,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     common = ["--model", args.model, "--n", str(args.val_n)]
     _search("ranks", *common, "--output", str(out / "ranks.json"), "--plot", str(out / "ranks.png"))
-    _search("gsearch", *common, "--tolerance", "0", "--output", str(out / "gsearch.json"))
+    _search("gsearch", *common, "--tolerance", str(args.tolerance), "--z", str(args.z),
+            "--output", str(out / "gsearch.json"))
     for spec in args.matches:
         name = spec.replace(":", "_")
         _search("psigmoid", *common, "--match", spec, "--trials", str(args.trials), "--output",
@@ -52,26 +59,34 @@ def main() -> None:
 
     lm = load_llava(args.model)
     dims = dims_from_config(lm.model.config)
-    questions = [s.question for s in shapes.benchmark("test", 100)]
+    questions = [s.question for s in shapes.benchmark("test", 100, args.test_seed)]
     n_text = mean_text_tokens(lambda t: lm.processor.tokenizer(t)["input_ids"], lm.template, questions,
                               lm.model.config.image_token_index)
-    entries = [("full", "none"), ("G-Search (tol 0)", str(out / "gsearch.json"))]
+    entries = [("full", "none"), (f"G-Search (tol {args.tolerance:g} + {args.z:g} SE)", str(out / "gsearch.json"))]
     for spec in args.matches:
         entries += [(spec, spec), (f"P-Sigmoid @ {spec} FLOPs", str(out / f"psigmoid_{spec.replace(':', '_')}.json"))]
     rows = []
     for name, spec in entries:
         sched = Schedule.parse(spec)
-        res = evaluate(TorchAnswerer(args.model, schedule=sched), n=args.test_n, progress=False)
+        res = evaluate(TorchAnswerer(args.model, schedule=sched), n=args.test_n, seed=args.test_seed,
+                       progress=False, keep_hits=True)
         rows.append({"name": name, "schedule": sched.spec(), "test_accuracy": res["accuracy"],
+                     "test_ci95": res["ci95"], "hits": res.pop("hits"),
                      "per_family": res["per_family"], "prefill_flops_ratio": schedule_flops_ratio(dims, sched, n_text),
                      "mean_tokens": sched.mean_tokens(dims.layers, dims.patches), "search": sched.meta or None})
         print(f"{name:32s} acc={res['accuracy']:.3f} flops={rows[-1]['prefill_flops_ratio']:.3f}", flush=True)
-    full = rows[0]["test_accuracy"]
+    full, full_hits = rows[0]["test_accuracy"], rows[0]["hits"]
     for r in rows:
         r["delta_vs_full_points"] = 100 * (r["test_accuracy"] - full)
+        r["vs_full"] = paired_difference(r["hits"], full_hits)
         r["prefill_flops_reduction"] = 1 / r["prefill_flops_ratio"]
+    for r in rows:
+        del r["hits"]
+    gsearch = json.loads((out / "gsearch.json").read_text())
     report = {"benchmark": "G-Search / P-Sigmoid on ShapesVQA test (searched on val)", "model": args.model,
-              "val_n": args.val_n, "test_n": args.test_n, "trials": args.trials, "n_text_tokens": n_text,
+              "val_n": args.val_n, "val_se": gsearch.get("score_se"), "test_n": args.test_n,
+              "test_seed": args.test_seed, "gsearch_tolerance": args.tolerance, "gsearch_z": args.z,
+              "trials": args.trials, "n_text_tokens": n_text,
               "machine": machine(), "ranks": json.loads((out / "ranks.json").read_text()), "rows": rows}
     (out / "search.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(rows, out / "search.png", args.model)

@@ -151,7 +151,7 @@ def train_stage1(lm, caption: CaptionModel, source, val, recipe: AccmRecipe, wor
         caption.load_state_dict(state["caption"])
         opt.load_state_dict(state["opt"])
         step, schedule.passed_at = state["step"], state["passed_at"]
-        gate = Plateau(**state["gate"])
+        gate = Plateau(**{**state["gate"], "patience": recipe.patience})  # the recipe may lengthen it
     rng0 = np.random.default_rng([recipe.seed, 7])
     val_samples = [val.caption_sample(int(i), rng0) for i in range(min(recipe.val_samples, len(val)))]
     bar = tqdm(initial=step, total=recipe.stage1_max_steps, desc="accm stage 1 (captions)", unit="step")
@@ -280,7 +280,7 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
         selector.load_state_dict(state["selector"])
         opt.load_state_dict(state["opt"])
         step, schedule.passed_at = state["step"], state["passed_at"]
-        gate = Plateau(**state["gate"])
+        gate = Plateau(**{**state["gate"], "patience": recipe.patience})  # the recipe may lengthen it
     rng0 = np.random.default_rng([recipe.seed, 8])
     val_samples = [val.question_sample(int(i), rng0) for i in range(min(recipe.val_samples, len(val)))]
     agreement = Agreement(lm, val_samples, recipe.keeps, recipe.answer_tokens)
