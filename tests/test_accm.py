@@ -175,6 +175,33 @@ def test_the_mapper_reads_only_the_top_scored_discarded_tokens():
         mapper(feats, index)
 
 
+def test_the_read_index_is_what_the_mapper_reads():
+    from accm.models.caption import CaptionConfig, Mapper
+
+    mapper = Mapper(CaptionConfig(vision_dim=8, n_patches=16, hidden=16, input_tokens=2))
+    index, scores = torch.tensor([[2, 5, 7, 9, 11]]), torch.tensor([[0.1, 0.9, 0.5, 0.9, 0.0]])
+    assert mapper.read_index(index, scores).tolist() == [[5, 9]]
+    mapper.input_tokens = None
+    assert mapper.read_index(index, scores).tolist() == index.tolist()
+
+
+def test_shapes_caption_targets_name_only_discarded_objects_the_mapper_reads():
+    from accm.train.accm_data import ShapesSource
+
+    scene = shapes.render_scene("train", 3)
+    on = [np.flatnonzero(scene.patch_object == i) for i in range(len(scene.objects))]
+    kept, read = on[0], np.concatenate([on[0], on[1], on[2]])  # object 0 kept; 1 and 2 read by the mapper
+    described = {}
+    for describe_share in (0.0, 1.0):
+        image, question, target = ShapesSource(describe_share=describe_share).caption_sample(
+            3, np.random.default_rng(0))
+        described[describe_share] = set(shapes.parse_description(target(kept, read)))
+        assert (question == shapes.DESCRIBE) == (describe_share == 1.0)
+    names = {(o.cell, o.colour, o.shape) for o in scene.objects}
+    assert described[1.0] == {(o.cell, o.colour, o.shape) for o in scene.objects[1:3]} and described[1.0] <= names
+    assert described[0.0] <= described[1.0]  # the question's relevant objects among those
+
+
 @pytest.mark.slow
 def test_training_steps_on_the_7b_standin(standin2, tmp_path):
     model, proc = standin2

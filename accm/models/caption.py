@@ -86,6 +86,13 @@ class Mapper(nn.Module):
         self.input_tokens = cfg.input_tokens
         self.all_tokens = cfg.prefix_all_tokens
 
+    def read_index(self, discarded_index: torch.Tensor, discarded_scores: torch.Tensor) -> torch.Tensor:
+        """The patch indices of the discarded tokens this mapper reads (all, or its top m)."""
+        m = self.input_tokens
+        if m is None or discarded_index.shape[1] <= m:
+            return discarded_index
+        return torch.gather(discarded_index, 1, top_positions(discarded_scores, m))
+
     def forward(self, discarded: torch.Tensor, discarded_index: torch.Tensor,
                 discarded_scores: torch.Tensor | None = None) -> torch.Tensor:
         m = self.input_tokens

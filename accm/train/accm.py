@@ -41,6 +41,7 @@ class AccmRecipe:
     stage1_batch: int = 32
     stage1_lr: float = 1e-3
     stage1_gate: float = 0.95  # val caption set accuracy that ends stage 1 early
+    stage1_describe_share: float = 0.5  # ShapesVQA: share of stage 1 samples that describe every read object
     stage2_max_steps: int = 1500  # a cap: stage 2 ends at its validation gate
     stage2_batch: int = 8
     caption_lr: float = 5e-5
@@ -95,6 +96,14 @@ def _caption_ids(tok, text: str, cfg: CaptionConfig) -> list[int]:
     return ids if ids and ids[-1] in cfg.stop_token_ids else ids + [cfg.eos_token_id]
 
 
+def _target(target, vis, caption: CaptionModel, b: int) -> str:
+    """A caption target: a string, or (ShapesVQA) a function of the kept and the mapper-read patches."""
+    if not callable(target):
+        return target
+    read = caption.mapper.read_index(vis.discarded_index[b:b + 1], vis.discarded_scores[b:b + 1].float())
+    return target(vis.kept_index[b].numpy(), read[0].numpy())
+
+
 def _log(path: Path, record: dict, bar) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -125,7 +134,7 @@ def caption_accuracy(ref: ReferencePipeline, caption: CaptionModel, samples, kee
             beams = comp.candidates(vis.discarded, vis.discarded_index, vis.discarded_scores,
                                     [c[1] for c in chunk], beams=1)
             for b, (_, _, target) in enumerate(chunk):
-                want = target(vis.kept_index[b].numpy()) if callable(target) else target
+                want = _target(target, vis, caption, b)
                 hits.append(_same_caption(comp.decode(beams[b][0]), want))
                 described.append(want.strip() != NOTHING)
         out[f"caption_acc_k{keep}"] = float(np.mean(hits))
@@ -165,12 +174,12 @@ def train_stage1(lm, caption: CaptionModel, source, val, recipe: AccmRecipe, wor
         vis = ref.vision(ref.pixel_values([b[0] for b in batch]))
         prefix = caption.mapper(vis.discarded.float(), vis.discarded_index, vis.discarded_scores.float())
         qids = [tok(q, add_special_tokens=True)["input_ids"] for _, q, _ in batch]
-        targets = [c(vis.kept_index[b].numpy()) if callable(c) else c for b, (_, _, c) in enumerate(batch)]
+        targets = [_target(c, vis, caption, b) for b, (_, _, c) in enumerate(batch)]
         loss = caption.caption_loss(qids, prefix, [_caption_ids(tok, c, caption.cfg) for c in targets])
         checkpoint.optimise(opt, params, loss, schedule.lr(step))
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % recipe.log_every == 0 or schedule.done(step):
             metrics = caption_accuracy(ref, caption, val_samples, recipe.keeps)
             if schedule.passed_at is None and gate.update(metrics["caption_acc"]):
@@ -381,7 +390,8 @@ def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe |
     lm = load_llava(model)
     lm.model.requires_grad_(False)
     caption = CaptionModel(caption_config(lm, recipe))
-    cap_train, cap_val = held_out(captions) if captions is not None else (ShapesSource(), ShapesSource(400, "val"))
+    shapes_captions = (ShapesSource(describe_share=recipe.stage1_describe_share), ShapesSource(400, "val"))
+    cap_train, cap_val = held_out(captions) if captions is not None else shapes_captions
     q_train, q_val = held_out(questions) if questions is not None else (ShapesSource(), ShapesSource(400, "val"))
     stage1 = train_stage1(lm, caption, cap_train, cap_val, recipe, work)
     selector = Selector.from_caption_lm(caption.lm, recipe.selector_hidden, recipe.selector_layers,
