@@ -46,3 +46,15 @@ def test_gated_schedule_holds_the_peak_until_the_gate_and_decays_a_capped_run():
     assert s.lr(950) < 1e-3 and s.lr(999) < 1e-4 and s.done(1000)  # capped: the tail still decays
     s.pass_gate(300)
     assert s.lr(299) == 1e-3 and s.lr(350) < 1e-3 and s.done(400) and not s.done(399)
+
+
+def test_a_plateau_gate_passes_on_a_stall_but_not_before_the_metric_leaves_its_floor():
+    from accm.train.gate import Plateau
+
+    stalled = Plateau(patience=2, floor=0.0)
+    assert not any(stalled.update(0.0) for _ in range(10))  # never learnt: no plateau, the cap ends it
+    assert not stalled.update(0.3)
+    assert not stalled.update(0.3) and stalled.update(0.301)  # two evaluations without a real gain
+    assert Plateau(target=0.9).update(0.95)
+    unfloored = Plateau(patience=2)
+    assert not unfloored.update(0.0) and not unfloored.update(0.0) and unfloored.update(0.0)

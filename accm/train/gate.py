@@ -58,18 +58,21 @@ def gate_passed(metrics: dict, thresholds: dict[str, float]) -> bool:
 @dataclasses.dataclass
 class Plateau:
     """A validation gate for metrics without a known ceiling: passed when the metric reaches
-    ``target`` or has not improved by ``min_delta`` for ``patience`` evaluations in a row."""
+    ``target`` or has not improved by ``min_delta`` for ``patience`` evaluations in a row.
+    A metric that has never risen above ``floor`` has not started to learn, so it cannot
+    plateau (a lookup sits at its trivial level for a long time before it jumps)."""
 
     target: float = float("inf")
     patience: int = 4
     min_delta: float = 0.005
     best: float = float("-inf")
     since_best: int = 0
+    floor: float = float("-inf")
 
     def update(self, value: float) -> bool:
         if value >= self.best + self.min_delta:
             self.best, self.since_best = value, 0
-        else:
+        elif self.best > self.floor:
             self.since_best += 1
         return value >= self.target or self.since_best >= self.patience
 
