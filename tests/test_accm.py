@@ -236,3 +236,12 @@ def test_bundle_with_accm_matches_reference(toy_compensator, tmp_path):
             assert ans.caption == prep.compensation.captions[b]
             assert ans.token_ids == tokens[b].tolist()[: len(ans.token_ids)]
         assert {"caption", "selection"} <= set(answers[0].timings_ms)
+
+
+def test_caption_agreement_is_a_plain_bool():
+    from accm.train.accm import _same_caption
+
+    assert _same_caption("c4 red star , a1 blue cross .", "a1 blue cross , c4 red star .") is True
+    assert _same_caption("none .", "none .") is True
+    assert _same_caption("none .", "c4 red star .") is False
+    assert _same_caption("c4 red star .", "none .") is False

@@ -116,7 +116,7 @@ def _same_caption(pred: str, target: str) -> bool:
 
     want = set(parse_description(target))
     if want or target.strip() == NOTHING:
-        return set(parse_description(pred)) == want and (want or pred.strip() == NOTHING)
+        return set(parse_description(pred)) == want and bool(want or pred.strip() == NOTHING)
     return pred.split() == target.split()
 
 
