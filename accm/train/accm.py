@@ -104,6 +104,18 @@ def _target(target, vis, caption: CaptionModel, b: int) -> str:
     return target(vis.kept_index[b].numpy(), read[0].numpy())
 
 
+def _resume(path: Path, modules: dict, opt, schedule: GatedSchedule, gate: Plateau, patience: int):
+    """A stage's checkpoint, if any, loaded into its modules, optimiser, schedule and gate; returns
+    the step to continue from and the gate (the recipe's patience governs, so it may be lengthened)."""
+    if (state := checkpoint.load(path)) is None:
+        return 0, gate
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    opt.load_state_dict(state["opt"])
+    schedule.passed_at = state["passed_at"]
+    return state["step"], Plateau(**{**state["gate"], "patience": patience})
+
+
 def _log(path: Path, record: dict, bar) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -158,12 +170,7 @@ def train_stage1(lm, caption: CaptionModel, source, val, recipe: AccmRecipe, wor
     # accuracy sits on a plateau while the lookups have not started
     gate = Plateau(recipe.stage1_gate, recipe.patience, floor=0.0)
     path = work / "stage1.pt"
-    step = 0
-    if (state := checkpoint.load(path)) is not None:
-        caption.load_state_dict(state["caption"])
-        opt.load_state_dict(state["opt"])
-        step, schedule.passed_at = state["step"], state["passed_at"]
-        gate = Plateau(**{**state["gate"], "patience": recipe.patience})  # the recipe may lengthen it
+    step, gate = _resume(path, {"caption": caption}, opt, schedule, gate, recipe.patience)
     rng0 = np.random.default_rng([recipe.seed, 7])
     val_samples = [val.caption_sample(int(i), rng0) for i in range(min(recipe.val_samples, len(val)))]
     bar = tqdm(initial=step, total=recipe.stage1_max_steps, desc="accm stage 1 (captions)", unit="step")
@@ -286,13 +293,7 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
     schedule = GatedSchedule(1.0, 50, recipe.decay_steps, recipe.stage2_max_steps)  # a multiplier of each peak
     gate = Plateau(1.0, recipe.patience)
     path = work / "stage2.pt"
-    step = 0
-    if (state := checkpoint.load(path)) is not None:
-        caption.load_state_dict(state["caption"])
-        selector.load_state_dict(state["selector"])
-        opt.load_state_dict(state["opt"])
-        step, schedule.passed_at = state["step"], state["passed_at"]
-        gate = Plateau(**{**state["gate"], "patience": recipe.patience})  # the recipe may lengthen it
+    step, gate = _resume(path, {"caption": caption, "selector": selector}, opt, schedule, gate, recipe.patience)
     rng0 = np.random.default_rng([recipe.seed, 8])
     val_samples = [val.question_sample(int(i), rng0) for i in range(min(recipe.val_samples, len(val)))]
     agreement = Agreement(lm, val_samples, recipe.keeps, recipe.answer_tokens)
