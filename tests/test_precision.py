@@ -24,7 +24,7 @@ def precision_bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("prec")
     loaded = loaded_model(model, proc, root / "model")
     out = {}
-    for prec in ("fp32", "fp16", "int8", "int8-cpu"):
+    for prec in ("fp32", "fp16", "int8", "int8-cpu", "int4-cpu"):
         config = ExportConfig(precision=prec, vision_keep=64, schedule=Schedule.parse("fastv:2:32"), calib_samples=8)
         export_bundle(None, root / prec, config, progress=False, loaded=loaded)
         out[prec] = root / prec
@@ -35,14 +35,16 @@ def _snr_db(ref, test):
     return 10 * np.log10((ref ** 2).sum() / max(((ref - test) ** 2).sum(), 1e-30))
 
 
-@pytest.mark.parametrize("prec,min_snr,min_overlap",
-                         [("fp16", 30.0, 0.9), ("int8", 15.0, 0.5), ("int8-cpu", 15.0, 0.5)])
-def test_precision_logits_stay_close_to_fp32(precision_bundles, prec, min_snr, min_overlap):
+@pytest.mark.parametrize("prec,min_snr,min_top1,min_overlap",
+                         [("fp16", 30.0, 0.75, 0.9), ("int8", 15.0, 0.75, 0.5), ("int8-cpu", 15.0, 0.75, 0.5),
+                          ("int4-cpu", 10.0, 0.5, 0.5)])
+def test_precision_logits_stay_close_to_fp32(precision_bundles, prec, min_snr, min_top1, min_overlap):
     images, prompts = questions(8)
     ref = _prefill_logits(Pipeline(precision_bundles["fp32"]), images, prompts)
     test = _prefill_logits(Pipeline(precision_bundles[prec]), images, prompts)
     assert _snr_db(ref, test) >= min_snr
-    assert (ref.argmax(-1) == test.argmax(-1)).mean() >= 0.75
+    # top-1 of a random model's near-flat logits is fragile; accm-tiny's answers: benchmarks/precision.py
+    assert (ref.argmax(-1) == test.argmax(-1)).mean() >= min_top1
     # mostly the same image tokens survive: fp16 selects on fp32 scores (TopK kept in fp32);
     # int8 quantizes the q/k projections behind the scores, and this random model's CLS
     # attention is nearly flat, so its top-k is fragile (trained-model numbers: benchmarks/)
@@ -79,9 +81,33 @@ def test_precision_bundles_answer_and_are_smaller(precision_bundles):
     sizes = {p: sum(f["size"] for f in load_manifest(b)["files"].values()) for p, b in precision_bundles.items()}
     assert sizes["fp16"] < sizes["fp32"] and sizes["int8"] < sizes["fp32"]
     images, prompts = questions(2)
-    for prec in ("fp16", "int8", "int8-cpu"):
+    for prec in ("fp16", "int8", "int8-cpu", "int4-cpu"):
         ans = Pipeline(precision_bundles[prec]).generate(images, prompts, 3)
         assert all(a.token_ids for a in ans)
+
+
+def test_int4_cpu_quantizes_the_llm_to_4_bit_blocks_and_the_rest_to_int8(precision_bundles):
+    from accm.precision.convert import INT4_BLOCK
+
+    bundle = precision_bundles["int4-cpu"]
+    detail = load_manifest(bundle)["precision_detail"]
+    for stage in ("llm_prefill", "llm_decode"):
+        graph = onnx.load(str(bundle / f"{stage}.onnx"), load_external_data=False).graph
+        nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+        assert nbits and len(nbits) == len(detail[stage]["quantized_nodes"])
+        attrs = {a.name: a.i for a in nbits[0].attribute}
+        assert attrs["bits"] == 4 and attrs["block_size"] == INT4_BLOCK
+        weight_matmuls = [n for n in graph.node if n.op_type == "MatMul"
+                          and any(i.name in n.input for i in graph.initializer)]
+        assert not weight_matmuls  # every weight MatMul went to 4 bits
+    vision = onnx.load(str(bundle / "vision.onnx"), load_external_data=False).graph
+    assert "MatMulInteger" in {n.op_type for n in vision.node}  # the vision tower is int8-cpu
+
+    def llm_bytes(b):
+        return (b / "llm_prefill.onnx.data").stat().st_size
+
+    # this random model's small dims pad blocks and keep its fp16 embedding table; a 7B is 28 %
+    assert llm_bytes(bundle) < 0.45 * llm_bytes(precision_bundles["fp16"])
 
 
 def test_int8_qdq_graphs_build_with_tensorrt_rtx(precision_bundles):

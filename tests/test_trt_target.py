@@ -87,8 +87,9 @@ def test_engine_keys_and_precision_rules():
     assert len({trt_engines.key_dir(tmp, k) for tmp, k in [("/b", a), ("/b", b), ("/b", c)]}) == 3
     assert a["plugin"] == "AccmTokenTopK/1"
     assert trt_engines.engine_precision(manifest, None) == "fp16"
-    with pytest.raises(trt_engines.TrtError, match="int8-cpu"):
-        trt_engines.engine_precision(dict(manifest, precision="int8-cpu"), None)
+    for cpu_only in ("int8-cpu", "int4-cpu"):
+        with pytest.raises(trt_engines.TrtError, match=cpu_only):
+            trt_engines.engine_precision(dict(manifest, precision=cpu_only), None)
     with pytest.raises(trt_engines.TrtError, match="Q/DQ"):
         trt_engines.engine_precision(manifest, "int8")
 

@@ -91,8 +91,8 @@ def uses_plugin(manifest: dict) -> bool:
 
 def engine_precision(manifest: dict, requested: str | None) -> str:
     bundle = manifest["precision"]
-    if bundle == "int8-cpu":
-        raise TrtError("int8-cpu bundles use ONNX Runtime's dynamic int8 ops, which TensorRT cannot parse; "
+    if bundle in ("int8-cpu", "int4-cpu"):
+        raise TrtError(f"{bundle} bundles use ONNX Runtime's own quantized ops, which TensorRT cannot parse; "
                        "export --precision int8 (Q/DQ) for TensorRT")
     precision = requested or ("fp16" if bundle == "fp32" else bundle)
     if precision == "int8" and bundle != "int8":

@@ -37,7 +37,7 @@ from .graphs import (
 )
 from .onnx_io import export_module, share_weights, shared_weight_table
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu", "int4-cpu")
 TARGETS = ("ort", "trt")
 
 
@@ -301,6 +301,8 @@ def convert_precision(fp32_dir: Path, out_dir: Path, stages: dict, config: Expor
             detail[stage] = convert.to_fp16(src, dst)
         elif config.precision == "int8":
             detail[stage] = convert.to_int8_qdq(src, dst, feeds.get(stage, []))
+        elif config.precision == "int4-cpu" and stage in (names.LLM_PREFILL, names.LLM_DECODE):
+            detail[stage] = convert.to_int4_matmulnbits(src, dst)
         else:
             detail[stage] = convert.to_int8_dynamic(src, dst)
     share_weights(out_dir / "llm_prefill.onnx", out_dir / "llm_decode.onnx")
