@@ -156,14 +156,20 @@ def precision(rep: dict) -> str:
                          if v.get("top1_agreement") is not None) or "–"
         trt = r.get("tensorrt_rtx")
         trt_s = "–" if trt is None else _trt_summary(trt)
-        rows.append([r["precision"], _num(r["bundle_mb"]), _pct(r.get("size_vs_fp32")), _pct(r.get("accuracy_full")),
-                     _pct(r.get(accm_key)) if accm_key else "–", snr, top1, _num(r["ttft_ms"]),
-                     _num(r["decode_ms_per_token"], ".2f"), _num(r.get("decode_speedup_vs_fp32"), ".2f"), trt_s])
-    head = ["precision", "bundle MB", "size vs fp32 %", "accuracy full %",
+        full = {"accuracy": r.get("accuracy_full"), "ci95": r.get("accuracy_full_ci95")}
+        accm = {"accuracy": r.get(accm_key), "ci95": r.get(f"{accm_key}_ci95")} if accm_key else None
+        vs = r.get("full_vs_fp32") if r["precision"] != "fp32" else None
+        rows.append([r["precision"], _num(r["bundle_mb"]), _pct(r.get("size_vs_fp32")),
+                     _pct(r.get("llm_weights_vs_fp16")), _ci(full), _diff(vs), _ci(accm), snr, top1,
+                     _num(r["ttft_ms"]), _num(r["decode_ms_per_token"], ".2f"),
+                     _num(r.get("decode_speedup_vs_fp32"), ".2f"), trt_s])
+    head = ["precision", "bundle MB", "size vs fp32 %", "LLM weights vs fp16 %", "accuracy full % (95% CI)",
+            "vs fp32 (pts, paired)",
             f"accuracy {accm_key.split('_')[1]}+ACCM %" if accm_key else "accuracy +ACCM %",
             "SNR vs fp32 dB (per stage)", "top-1 agreement % (per stage)", "TTFT ms", "decode ms/token",
             "decode speedup", "TensorRT-RTX build (proxy)"]
-    return f"{rep['model']}, n = {rep['n']}; {_machine(rep['machine'])}\n\n" + _table(head, rows)
+    seed = f", test seed {rep['seed']}" if "seed" in rep else ""
+    return f"{rep['model']}, n = {rep['n']}{seed}; {_machine(rep['machine'])}\n\n" + _table(head, rows)
 
 
 def search(rep: dict) -> str:
@@ -186,7 +192,18 @@ def serve(rep: dict) -> str:
     return (f"accm-serve, {rep['bundle'].split('/')[-1]} (accm-tiny, keep 64, fp32), max_tokens 8, loopback clients; "
             f"{_machine(rep['machine'])}; batching / no batching at concurrency {b['concurrency']}: "
             f"{b['rps_ratio']:.2f}× requests per second\n\n"
-            + _table(["server", "concurrent clients", "requests/s", "p50 ms", "p95 ms", "answered"], rows))
+            + _table(["server", "concurrent clients", "requests/s", "p50 ms", "p95 ms", "answered"], rows)
+            + (_batch_ceiling(rep["pipeline_batch_scaling"]) if "pipeline_batch_scaling" in rep else ""))
+
+
+def _batch_ceiling(scaling: dict) -> str:
+    """Per-request stage cost at batch 1 and at the largest batch: what batching can gain at most."""
+    ms = scaling["ms_per_request"]
+    a, b = sorted(ms, key=lambda k: int(k.split("_")[1]))
+    stages = list(ms[a])
+    rows = [[k.replace("_", " "), *(_num(ms[k][st], ".2f") for st in stages)] for k in (a, b)]
+    return ("\n\nPer-request ms of each stage, no server, one thread (the ceiling on what batching can gain here: "
+            f"{scaling['ceiling_rps_ratio']:.2f}×)\n\n" + _table(["batch", *stages], rows))
 
 
 def soak(rep: dict) -> str:

@@ -83,6 +83,31 @@ def load(base: str, concurrency: int, n: int) -> dict:
             "p95_ms": round(float(np.percentile(lat, 95)), 1)}
 
 
+def stage_scaling(bundle: str, batch: int, reps: int = 5) -> dict:
+    """Per-request ms of each pipeline stage at batch 1 and at ``batch`` (no server, one thread):
+    the ceiling on what dynamic batching can gain. A stage whose per-request cost does not fall
+    with the batch (compute-bound on this machine) caps the speed-up whatever the server does."""
+    import numpy as np
+
+    from accm.inputs import load_image
+    from accm.runtime.pipeline import Pipeline
+
+    rows = [json.loads(line) for line in (ROOT / "examples" / "prompts.jsonl").read_text().splitlines() if line]
+    images = [load_image(ROOT / "examples" / r["image"]) for r in rows]
+    pipe = Pipeline(Path(bundle), threads=1)
+    out = {}
+    for b in (1, batch):
+        pick = [i % len(rows) for i in range(b)]
+        runs = []
+        for _ in range(reps + 1):  # the first is warm-up
+            t = pipe.generate([images[i] for i in pick], [rows[i]["prompt"] for i in pick], 8)[0].timings_ms
+            runs.append({"preprocess": t["preprocess"], "vision": t["vision"], "prefill": t["prefill"],
+                         "decode": sum(t["decode_steps"]), "total": t["total"]})
+        out[f"batch_{b}"] = {k: round(float(np.median([r[k] for r in runs[1:]])) / b, 2) for k in runs[1]}
+    return {"ms_per_request": out,
+            "ceiling_rps_ratio": round(out["batch_1"]["total"] / out[f"batch_{batch}"]["total"], 2)}
+
+
 def main() -> None:
     from accm.export.default import default_options, ensure_bundle
     from accm.measure.latency import machine
@@ -103,6 +128,8 @@ def main() -> None:
             configs[f"Ray Serve, {n} replica{'s' if n > 1 else ''}"] = [
                 "--ray", "--replicas", str(n), "--cpus-per-replica", "0.5", "--max-batch", "8", "--max-wait-ms", "5",
                 "--threads", "1"]
+    scaling = stage_scaling(bundle, 8)
+    print(json.dumps({"pipeline_batch_scaling": scaling}), flush=True)
     rows = []
     for name, extra in configs.items():
         proc, base = start(bundle, extra)
@@ -117,7 +144,8 @@ def main() -> None:
     c8 = 8 if 8 in args.concurrency else max(args.concurrency)
     ratio = by[("batching (max-batch 8)", c8)]["rps"] / by[("no batching (max-batch 1)", c8)]["rps"]
     out = {"machine": machine(), "bundle": bundle, "requests_per_point": args.requests,
-           "batching_speedup_at_concurrency": {"concurrency": c8, "rps_ratio": round(ratio, 2)}, "results": rows}
+           "batching_speedup_at_concurrency": {"concurrency": c8, "rps_ratio": round(ratio, 2)},
+           "pipeline_batch_scaling": scaling, "results": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     if args.plot:
