@@ -1,8 +1,9 @@
-"""Precision table: fp16, int8 (Q/DQ) and int8-cpu bundles against fp32.
+"""Precision table: fp16, int8 (Q/DQ), int8-cpu and int4-cpu bundles against fp32.
 
 Per bundle: per-stage output SNR and top-1 agreement against the fp32 stage on recorded real
 inputs (the calibration recorder on ShapesVQA *test* samples, never the calibration split),
-ShapesVQA accuracy through the runtime (full tokens, and 18 + ACCM where the model has it),
+ShapesVQA accuracy through the runtime with 95 % intervals and the paired difference to fp32 on
+the same questions (full tokens, and 18 + ACCM where the model has it), the LLM weights' size,
 bundle size, TTFT and decode ms/token on ONNX Runtime CPU (isolated process), and whether every
 graph builds with TensorRT-RTX (a CPU-side proxy for TensorRT).
 
@@ -20,7 +21,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PRECISIONS = ["fp32", "fp16", "int8", "int8-cpu"]
+PRECISIONS = ["fp32", "fp16", "int8", "int8-cpu", "int4-cpu"]
 
 
 def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
@@ -61,7 +62,7 @@ def main() -> None:
     from accm.data import shapes
     from accm.engines import trt_rtx_check
     from accm.export.default import default_options, ensure_bundle
-    from accm.measure.accuracy import BundleAnswerer, evaluate
+    from accm.measure.accuracy import BundleAnswerer, evaluate, paired_difference
     from accm.measure.latency import machine, run_isolated
 
     ap = argparse.ArgumentParser()
@@ -69,6 +70,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500, help="accuracy questions (0: skip, e.g. random-weight stand-ins)")
     ap.add_argument("--accm-keep", type=int, default=18, help="also measure this keep + ACCM (if the model has it)")
     ap.add_argument("--no-accm", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="which test questions")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
@@ -77,22 +79,29 @@ def main() -> None:
         return default_options(prec, keep, accm=accm)
 
     samples = [(shapes.render_scene(s.split, s.scene_index).pil(), s.question) for s in shapes.benchmark("test", 8, 9)]
-    rows = []
+    rows, hits = [], {}
     fp32 = ensure_bundle(args.model, options("fp32"))
     fp32_accm = None if args.no_accm else ensure_bundle(args.model, options("fp32", args.accm_keep, True))
     for prec in PRECISIONS:
         bundle = ensure_bundle(args.model, options(prec))
         manifest = load_manifest(bundle)
-        row = {"precision": prec, "bundle_mb": sum(f["size"] for f in manifest["files"].values()) / 2**20}
+        row = {"precision": prec, "bundle_mb": sum(f["size"] for f in manifest["files"].values()) / 2**20,
+               "llm_weights_mb": sum(f["size"] for name, f in manifest["files"].items()
+                                     if name.startswith(("llm_prefill.onnx.", "llm_decode.onnx."))) / 2**20}
         row["stages_vs_fp32"] = stage_agreement(fp32, bundle, samples) if prec != "fp32" else None
         if args.n:
-            acc = evaluate(BundleAnswerer(bundle), n=args.n, progress=False)
-            row["accuracy_full"] = acc["accuracy"]
-            row["per_family_full"] = acc["per_family"]
+            acc = evaluate(BundleAnswerer(bundle), n=args.n, seed=args.seed, progress=False, keep_hits=True)
+            hits["full", prec] = acc.pop("hits")
+            row.update(accuracy_full=acc["accuracy"], accuracy_full_ci95=acc["ci95"],
+                       per_family_full=acc["per_family"],
+                       full_vs_fp32=paired_difference(hits["full", prec], hits["full", "fp32"]))
         if fp32_accm is not None and args.n:
             accm_bundle = ensure_bundle(args.model, options(prec, args.accm_keep, True))
-            row[f"accuracy_{args.accm_keep}_accm"] = evaluate(BundleAnswerer(accm_bundle), n=args.n,
-                                                              progress=False)["accuracy"]
+            acc = evaluate(BundleAnswerer(accm_bundle), n=args.n, seed=args.seed, progress=False, keep_hits=True)
+            hits["accm", prec] = acc.pop("hits")
+            row[f"accuracy_{args.accm_keep}_accm"] = acc["accuracy"]
+            row[f"accuracy_{args.accm_keep}_accm_ci95"] = acc["ci95"]
+            row["accm_vs_fp32"] = paired_difference(hits["accm", prec], hits["accm", "fp32"])
         lat = run_isolated("bundle", {"bundle": str(bundle), "provider": "cpu", "warmup": 2, "repeat": args.repeat,
                                       "new_tokens": 16, "image": None, "prompt": None})
         row["ttft_ms"] = lat["stages_ms"]["ttft"]["median"]
@@ -107,11 +116,12 @@ def main() -> None:
     base = rows[0]
     for r in rows:
         r["size_vs_fp32"] = r["bundle_mb"] / base["bundle_mb"]
+        r["llm_weights_vs_fp16"] = r["llm_weights_mb"] / rows[1]["llm_weights_mb"]
         r["decode_speedup_vs_fp32"] = base["decode_ms_per_token"] / r["decode_ms_per_token"]
         if args.n:
             r["accuracy_delta_points"] = 100 * (r["accuracy_full"] - base["accuracy_full"])
     report = {"benchmark": "precision vs fp32 (ONNX Runtime CPU)", "model": args.model or "accm-tiny",
-              "machine": machine(), "n": args.n, "rows": rows}
+              "machine": machine(), "n": args.n, "seed": args.seed, "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 

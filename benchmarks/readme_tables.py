@@ -143,6 +143,11 @@ def _trt_summary(stages: dict) -> str:
         return "all built"
     if all("MatMulInteger" in v or "DynamicQuantizeLinear" in v for v in failed.values()):
         return f"not for TensorRT: {', '.join(failed)} use ONNX Runtime's integer ops"
+    nbits = [k for k, v in failed.items() if "MatMulNBits" in v]
+    if nbits and all("MatMulNBits" in v or "MatMulInteger" in v or "DynamicQuantizeLinear" in v
+                     for v in failed.values()):
+        return (f"not for TensorRT: {', '.join(k for k in failed if k not in nbits)} use ONNX Runtime's integer "
+                f"ops; {', '.join(nbits)}: TensorRT's MatMulNBits importer wants fp16 activations, these are fp32")
     return "; ".join(f"{k}: {v}" for k, v in failed.items())
 
 
