@@ -56,11 +56,16 @@ def stop(proc) -> None:
         os.killpg(proc.pid, 9)
 
 
+def examples() -> list[dict]:
+    """The README's example prompts: {image, prompt} per line."""
+    return [json.loads(line) for line in (ROOT / "examples" / "prompts.jsonl").read_text().splitlines() if line]
+
+
 def load(base: str, concurrency: int, n: int) -> dict:
     import httpx2 as httpx
     import numpy as np
 
-    rows = [json.loads(line) for line in (ROOT / "examples" / "prompts.jsonl").read_text().splitlines() if line]
+    rows = examples()
     uris = {r["image"]: "data:image/png;base64," + base64.b64encode((ROOT / "examples" / r["image"]).read_bytes())
             .decode() for r in rows}
 
@@ -92,7 +97,7 @@ def stage_scaling(bundle: str, batch: int, reps: int = 5) -> dict:
     from accm.inputs import load_image
     from accm.runtime.pipeline import Pipeline
 
-    rows = [json.loads(line) for line in (ROOT / "examples" / "prompts.jsonl").read_text().splitlines() if line]
+    rows = examples()
     images = [load_image(ROOT / "examples" / r["image"]) for r in rows]
     pipe = Pipeline(Path(bundle), threads=1)
     out = {}
