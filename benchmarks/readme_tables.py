@@ -173,7 +173,7 @@ def precision(rep: dict) -> str:
             f"accuracy {accm_key.split('_')[1]}+ACCM %" if accm_key else "accuracy +ACCM %",
             "SNR vs fp32 dB (per stage)", "top-1 agreement % (per stage)", "TTFT ms", "decode ms/token",
             "decode speedup", "TensorRT-RTX build (proxy)"]
-    seed = f", test seed {rep['seed']}" if "seed" in rep else ""
+    seed = f", test seed {rep['seed']}" if rep.get("n") and "seed" in rep else ""
     return f"{rep['model']}, n = {rep['n']}{seed}; {_machine(rep['machine'])}\n\n" + _table(head, rows)
 
 
