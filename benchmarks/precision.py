@@ -21,9 +21,6 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PRECISIONS = ["fp32", "fp16", "int8", "int8-cpu", "int4-cpu"]
-
-
 def snr_db(ref: np.ndarray, test: np.ndarray) -> float:
     ref, test = ref.astype(np.float64), test.astype(np.float64)
     noise = ((ref - test) ** 2).sum()
@@ -59,6 +56,7 @@ def stage_agreement(fp32: Path, other: Path, samples) -> dict:
 
 def main() -> None:
     from accm.bundle.manifest import load_manifest
+    from accm.bundle.schema import PRECISIONS
     from accm.data import shapes
     from accm.engines import trt_rtx_check
     from accm.export.default import default_options, ensure_bundle
@@ -114,9 +112,10 @@ def main() -> None:
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "stages_vs_fp32"}), flush=True)
     base = rows[0]
+    fp16 = next(r for r in rows if r["precision"] == "fp16")
     for r in rows:
         r["size_vs_fp32"] = r["bundle_mb"] / base["bundle_mb"]
-        r["llm_weights_vs_fp16"] = r["llm_weights_mb"] / rows[1]["llm_weights_mb"]
+        r["llm_weights_vs_fp16"] = r["llm_weights_mb"] / fp16["llm_weights_mb"]
         r["decode_speedup_vs_fp32"] = base["decode_ms_per_token"] / r["decode_ms_per_token"]
         if args.n:
             r["accuracy_delta_points"] = 100 * (r["accuracy_full"] - base["accuracy_full"])

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..bundle import manifest, names
+from ..bundle.schema import PRECISIONS
 from ..data.preprocess import ImageSpec
 from ..errors import AccmUserError
 from ..models.dims import patch_count, text_dims
@@ -37,7 +38,6 @@ from .graphs import (
 )
 from .onnx_io import export_module, share_weights, shared_weight_table
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu", "int4-cpu")
 TARGETS = ("ort", "trt")
 
 
