@@ -24,7 +24,7 @@ def precision_bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("prec")
     loaded = loaded_model(model, proc, root / "model")
     out = {}
-    for prec in ("fp32", "fp16", "int8", "int8-cpu", "int4-cpu"):
+    for prec in ("fp32", "fp16", "int8", "int4", "int8-cpu", "int4-cpu"):
         config = ExportConfig(precision=prec, vision_keep=64, schedule=Schedule.parse("fastv:2:32"), calib_samples=8)
         export_bundle(None, root / prec, config, progress=False, loaded=loaded)
         out[prec] = root / prec
@@ -37,7 +37,7 @@ def _snr_db(ref, test):
 
 @pytest.mark.parametrize("prec,min_snr,min_top1,min_overlap",
                          [("fp16", 30.0, 0.75, 0.9), ("int8", 15.0, 0.75, 0.5), ("int8-cpu", 15.0, 0.75, 0.5),
-                          ("int4-cpu", 10.0, 0.5, 0.5)])
+                          ("int4", 10.0, 0.5, 0.9), ("int4-cpu", 10.0, 0.5, 0.5)])
 def test_precision_logits_stay_close_to_fp32(precision_bundles, prec, min_snr, min_top1, min_overlap):
     images, prompts = questions(8)
     ref = _prefill_logits(Pipeline(precision_bundles["fp32"]), images, prompts)
@@ -81,7 +81,7 @@ def test_precision_bundles_answer_and_are_smaller(precision_bundles):
     sizes = {p: sum(f["size"] for f in load_manifest(b)["files"].values()) for p, b in precision_bundles.items()}
     assert sizes["fp16"] < sizes["fp32"] and sizes["int8"] < sizes["fp32"]
     images, prompts = questions(2)
-    for prec in ("fp16", "int8", "int8-cpu", "int4-cpu"):
+    for prec in ("fp16", "int8", "int4", "int8-cpu", "int4-cpu"):
         ans = Pipeline(precision_bundles[prec]).generate(images, prompts, 3)
         assert all(a.token_ids for a in ans)
 
@@ -113,7 +113,7 @@ def test_int8_qdq_graphs_build_with_tensorrt_rtx(precision_bundles):
     pytest.importorskip("tensorrt_rtx")
     from accm.engines.trt_rtx_check import check_bundle
 
-    for prec in ("int8", "fp16"):
+    for prec in ("int8", "fp16", "int4"):
         bundle = precision_bundles[prec]
         for r in check_bundle(bundle, load_manifest(bundle)):
             assert r.parsed and r.built, (prec, r.stage, r.error)
@@ -187,3 +187,90 @@ def test_every_precision_loads_on_the_oldest_supported_runtimes(precision_bundle
             ir, opsets = graph_versions(bundle / stage["file"])
             assert ir <= 10 and opsets["ai.onnx"] <= 20, (prec, stage["file"], ir, opsets)
             assert set(opsets) - {"ai.onnx"} <= {"com.microsoft", "ai.onnx.ml"}, (prec, opsets)
+
+
+def _initializer_bytes(path, keep) -> set[bytes]:
+    graph = onnx.load(str(path)).graph
+    return {onnx.numpy_helper.to_array(i).tobytes() for i in graph.initializer if keep(i)}
+
+
+def test_int4_cpu_weights_are_packed_as_onnxruntimes_own_quantizer_packs_them(precision_bundles, tmp_path):
+    """The streamed int4 rewrite (one weight at a time) writes the same blocks and scales as
+    onnxruntime's MatMulNBitsQuantizer on the whole fp32 graph; it also quantizes the lm_head Gemm,
+    which that quantizer skips."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from accm.precision.convert import INT4_BLOCK, _save, _without_value_info
+
+    model = onnx.load(str(_without_value_info(precision_bundles["fp32"] / "llm_decode.onnx", tmp_path)))
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=INT4_BLOCK, is_symmetric=True)
+    quantizer.process()
+    _save(quantizer.model.model, tmp_path / "reference.onnx")
+    packed = lambda i: i.data_type == onnx.TensorProto.UINT8  # noqa: E731
+    scales = lambda i: i.name.endswith("_scales")  # noqa: E731
+    ours = precision_bundles["int4-cpu"] / "llm_decode.onnx"
+    for keep in (packed, scales):
+        reference = _initializer_bytes(tmp_path / "reference.onnx", keep)
+        assert reference and reference <= _initializer_bytes(ours, keep)
+    assert len(_initializer_bytes(ours, packed)) == len(_initializer_bytes(tmp_path / "reference.onnx", packed)) + 1
+
+
+def test_int8_cpu_weights_are_quantize_dynamics(precision_bundles, tmp_path):
+    """The streamed int8-cpu rewrite gives every weight quantize_dynamic's int8 values and scale
+    (and quantizes the lm_head, which quantize_dynamic leaves in float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from accm.precision.convert import _without_value_info
+
+    src = _without_value_info(precision_bundles["fp32"] / "llm_decode.onnx", tmp_path)
+    quantize_dynamic(str(src), str(tmp_path / "reference.onnx"), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"], use_external_data_format=True)
+    int8 = lambda i: i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2  # noqa: E731
+    scale = lambda i: i.name.endswith("_scale") and not i.dims  # noqa: E731
+    ours = precision_bundles["int8-cpu"] / "llm_decode.onnx"
+    for keep in (int8, scale):
+        reference = _initializer_bytes(tmp_path / "reference.onnx", keep)
+        assert reference and reference <= _initializer_bytes(ours, keep)
+    graph = onnx.load(str(ours), load_external_data=False).graph
+    assert not [n for n in graph.node if n.op_type in ("MatMul", "Gemm")
+                and any(i in {x.name for x in graph.initializer} for i in n.input)]
+
+
+def test_int4_is_blocked_int4_qdq_on_fp16_for_tensorrt(precision_bundles):
+    """--precision int4: every LLM weight MatMul (lm_head included) reads a blocked INT4
+    DequantizeLinear (opset 21, whole blocks), vision stays fp16, and the manifest says which
+    runtimes read it."""
+    from accm.precision.convert import INT4_BLOCK
+    from accm.precision.streamed import dividing_block
+
+    bundle = precision_bundles["int4"]
+    manifest = load_manifest(bundle)
+    assert manifest["runtime_requirements"]["opset"] == 21
+    assert manifest["runtime_requirements"]["tensorrt"] == "10.9"  # JetPack 6's 10.3 parses opset <= 20
+    assert manifest["precision_detail"]["vision"]["method"].startswith("traced in fp16")
+    for stage in ("llm_prefill", "llm_decode"):
+        graph = onnx.load(str(bundle / f"{stage}.onnx"), load_external_data=False).graph
+        inits = {i.name: i for i in graph.initializer}
+        producer = {o: n for n in graph.node for o in n.output}
+        matmuls = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
+        assert not matmuls  # no float weight left
+        dequant = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+        assert len(dequant) == len(manifest["precision_detail"][stage]["quantized_nodes"]) > 0
+        for node in dequant:
+            weight, scale = inits[node.input[0]], inits[node.input[1]]
+            attrs = {a.name: a.i for a in node.attribute}
+            assert weight.data_type == onnx.TensorProto.INT4 and scale.data_type == onnx.TensorProto.FLOAT16
+            assert attrs["block_size"] == dividing_block(weight.dims[0], INT4_BLOCK)
+            assert weight.dims[0] % attrs["block_size"] == 0 and scale.dims[0] == weight.dims[0] // attrs["block_size"]
+        fed = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in producer
+               and producer[n.input[1]].op_type == "DequantizeLinear"]
+        assert len(fed) == len(dequant)  # each DequantizeLinear feeds one MatMul's weight input
+
+
+def test_int4_blocks_divide_the_input_dimension():
+    from accm.precision.streamed import dividing_block
+
+    assert dividing_block(4096, 64) == 64 and dividing_block(11008, 64) == 64
+    assert dividing_block(160, 64) == 32 and dividing_block(48, 64) == 16
+    with pytest.raises(ValueError):
+        dividing_block(40, 64)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .names import CORE_STAGES
 
 REQUIRED_STAGES = CORE_STAGES
-PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu", "int4-cpu")
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-cpu", "int4-cpu")
 
 
 class SchemaError(ValueError):

@@ -39,8 +39,9 @@ def add_model_options(p: argparse.ArgumentParser, default_keep: int | None = DEF
     p.add_argument("--model", default=None,
                    help="checkpoint directory, accm-tiny (default), llava-1.5-7b, llava-1.5-13b or a cached repo id")
     p.add_argument("--precision", default="fp32",
-                   help="fp32 (default), fp16, int8 (explicit Q/DQ for TensorRT), int8-cpu (dynamic, fast on CPU) "
-                        "or int4-cpu (4-bit LLM weights, ONNX Runtime's MatMulNBits)")
+                   help="fp32 (default), fp16, int8 (explicit Q/DQ for TensorRT), int4 (4-bit LLM weights as "
+                        "blocked Q/DQ for TensorRT), int8-cpu (dynamic, fast on CPU) or int4-cpu (4-bit LLM "
+                        "weights, ONNX Runtime's MatMulNBits)")
     p.add_argument("--vision-keep", type=keep_count, default=default_keep, metavar="K",
                    help=f"image tokens kept by vision-side pruning (default {default_keep}; 'all' keeps 576)")
     p.add_argument("--schedule", default="none", metavar="SPEC|FILE",

@@ -116,7 +116,7 @@ def build_parser() -> Parser:
     lat.add_argument("--model", default=None, help="export and measure this model (default: accm-tiny)")
     lat.add_argument("--vision-keep", nargs="+", default=["all", "64"], metavar="K", help="sweep: keep counts")
     lat.add_argument("--schedule", nargs="+", default=["none"], metavar="SPEC", help="sweep: LLM-side schedules")
-    lat.add_argument("--precision", nargs="+", default=["fp32"], help="sweep: fp32 fp16 int8 int8-cpu int4-cpu")
+    lat.add_argument("--precision", nargs="+", default=["fp32"], help="sweep: fp32 fp16 int8 int4 int8-cpu int4-cpu")
     lat.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
     lat.add_argument("--warmup", type=int, default=2)
     lat.add_argument("--repeat", type=int, default=5)

@@ -95,8 +95,9 @@ def engine_precision(manifest: dict, requested: str | None) -> str:
         raise TrtError(f"{bundle} bundles use ONNX Runtime's own quantized ops, which TensorRT cannot parse; "
                        "export --precision int8 (Q/DQ) for TensorRT")
     precision = requested or ("fp16" if bundle == "fp32" else bundle)
-    if precision == "int8" and bundle != "int8":
-        raise TrtError("INT8 engines are built from explicit Q/DQ graphs: export with --precision int8")
+    if precision in ("int8", "int4") and bundle != precision:
+        raise TrtError(f"{precision.upper()} engines are built from explicit Q/DQ graphs: export with "
+                       f"--precision {precision}")
     return precision
 
 
@@ -137,7 +138,7 @@ def build_engines(bundle: Path, manifest: dict, precision: str | None = None, li
     config = builder.create_builder_config()
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    if precision in ("fp16", "int8"):
+    if precision in ("fp16", "int8", "int4"):  # int4: weight-only, fp16 math around its DQ nodes
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the Q/DQ nodes

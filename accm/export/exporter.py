@@ -160,20 +160,27 @@ def core_jobs(lm: LoadedModel, plan: ExportPlan) -> list[TraceJob]:
     ]
 
 
-def write_graphs(jobs: list[TraceJob], out: Path, tokenizer, progress: bool) -> dict:
-    """Trace every job into ``out`` (prefill and decode share one weights file), and the tokenizer."""
-    bar = tqdm(total=len(jobs) + 1, desc="export", unit="stage", disable=not progress)
+def trace_jobs(jobs: list[TraceJob], out: Path, progress: bool, export=None) -> dict:
+    """Trace every job into ``out`` with ``export`` (default: the module's own weights)."""
+    bar = tqdm(total=len(jobs), desc="export", unit="stage", disable=not progress)
     stages = {}
     for job in jobs:
         bar.set_postfix_str(job.stage)
-        export_module(job.module, job.sample, out / f"{job.stage}.onnx", job.inputs, job.outputs, job.dynamic)
+        if export is None:
+            export_module(job.module, job.sample, out / f"{job.stage}.onnx", job.inputs, job.outputs, job.dynamic)
+        else:
+            export(job, out / f"{job.stage}.onnx")
         stages[job.stage] = {"file": f"{job.stage}.onnx", "inputs": job.inputs, "outputs": job.outputs}
         bar.update()
-    bar.set_postfix_str("share weights")
+    bar.close()
+    return stages
+
+
+def write_graphs(jobs: list[TraceJob], out: Path, tokenizer, progress: bool) -> dict:
+    """Trace every job into ``out`` (prefill and decode share one weights file), and the tokenizer."""
+    stages = trace_jobs(jobs, out, progress)
     share_weights(*(out / f"{s}.onnx" for s in names.SHARED_WEIGHT_STAGES))
     tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
-    bar.update()
-    bar.close()
     return stages
 
 
@@ -210,6 +217,8 @@ def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrit
     """Export ``name`` (any --model value) into the bundle directory ``output``: plan → trace →
     write → convert, in a temporary directory renamed into place when complete."""
     config.validate()
+    if config.precision in STREAMED_PRECISIONS:
+        return _export_streamed(name, output, config, overwrite, progress, loaded)
     lm = loaded or load_llava(name, dtype=torch.float32)
     plan = plan_export(lm, config)
     jobs, accm = core_jobs(lm, plan), None
@@ -229,6 +238,66 @@ def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrit
             info["precision_detail"] = convert_precision(scratch, tmp, info["stages"], config, progress)
             lm.processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
             shutil.rmtree(scratch)
+        info["shared_weights"] = shared_weight_table(tmp, list(names.SHARED_WEIGHT_STAGES))
+        info["runtime_requirements"] = requirements(tmp, [s["file"] for s in info["stages"].values()])
+        return manifest.write_manifest(tmp, info)
+
+
+#: precisions exported from a weightless trace with the checkpoint streamed in (``streamed``):
+#: memory stays near one tensor whatever the model size. fp32 and int8 (Q/DQ, calibrated on a
+#: whole fp32 bundle) still load the model.
+STREAMED_PRECISIONS = ("fp16", "int4", "int8-cpu", "int4-cpu")
+
+
+def _export_streamed(name, output: Path, config: ExportConfig, overwrite: bool, progress: bool,
+                     loaded: LoadedModel | None) -> dict:
+    """fp16: the core stages traced in fp16. int4: the same, the LLM's weight MatMuls on blocked
+    INT4 Q/DQ (TensorRT's weight-only form). int8-cpu / int4-cpu: traced in fp32, the LLM's weight
+    MatMuls quantized one weight at a time as they are written (``precision.streamed``), vision
+    and embedding through onnxruntime's quantize_dynamic on their (small) fp32 graphs. ACCM's
+    small modules go through the fp32 export and the usual converters (fp16 for int4)."""
+    from ..precision import convert
+    from ..precision import streamed as quantize
+    from .streamed import StreamedExport
+
+    half = config.precision in ("fp16", "int4")
+    streamer = StreamedExport.open(name, loaded, torch.float16 if half else torch.float32)
+    lm = streamer.loaded
+    plan = plan_export(lm, config)
+    jobs, accm, extra = core_jobs(lm, plan), None, []
+    if config.accm:
+        comp = load_compensator(lm, config.accm_dir)
+        extra = accm_jobs(comp, plan.n_patches - plan.n_image, Dim("batch"), lm.model.config.vision_config.hidden_size)
+        accm = accm_manifest(comp)
+    llm_rewrite = {"int4-cpu": lambda model: quantize.int4_stage(model, convert.INT4_BLOCK),
+                   "int4": lambda model: quantize.int4_qdq_stage(model, convert.INT4_BLOCK),
+                   "int8-cpu": quantize.int8_dynamic_stage}.get(config.precision)
+
+    def export(job, path):
+        if llm_rewrite is not None and job.stage in (names.LLM_PREFILL, names.LLM_DECODE):
+            streamer.export(job, path, llm_rewrite)
+        elif half:
+            streamer.export(job, path)
+        else:
+            streamer.export(job, scratch / path.name)
+            streamer.details[job.stage] = convert.to_int8_dynamic(scratch / path.name, path)
+
+    with manifest.staged_directory(Path(output), overwrite) as tmp:
+        scratch = tmp / ".fp32"
+        scratch.mkdir()
+        stages = trace_jobs(jobs, tmp, progress, export=export)
+        detail = {stage: streamer.detail(tmp / f"{stage}.onnx") for stage in stages}
+        if extra:
+            extra_stages = trace_jobs(extra, scratch, progress)
+            to_precision = convert.to_fp16 if half else convert.to_int8_dynamic
+            for stage in extra_stages:
+                detail[stage] = to_precision(scratch / f"{stage}.onnx", tmp / f"{stage}.onnx")
+            stages.update(extra_stages)
+        shutil.rmtree(scratch)
+        share_weights(*(tmp / f"{s}.onnx" for s in names.SHARED_WEIGHT_STAGES))
+        lm.processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        info = bundle_info(lm, plan, config, stages, accm)
+        info["precision"], info["precision_detail"] = config.precision, detail
         info["shared_weights"] = shared_weight_table(tmp, list(names.SHARED_WEIGHT_STAGES))
         info["runtime_requirements"] = requirements(tmp, [s["file"] for s in info["stages"].values()])
         return manifest.write_manifest(tmp, info)
@@ -284,30 +353,19 @@ def accm_manifest(comp) -> dict:
 
 
 def convert_precision(fp32_dir: Path, out_dir: Path, stages: dict, config: ExportConfig, progress: bool) -> dict:
-    """Convert every stage of the fp32 bundle in ``fp32_dir`` into ``out_dir``; per-stage detail."""
+    """int8 (Q/DQ): calibrate on the fp32 bundle in ``fp32_dir`` and quantize every stage into
+    ``out_dir``; per-stage detail. (fp16, int8-cpu and int4-cpu are streamed instead.)"""
     from ..precision import convert
     from ..precision.data import builtin_samples, directory_samples
     from ..precision.record import record_feeds
 
-    feeds: dict = {}
-    if config.precision == "int8":
-        samples = (directory_samples(config.calib_dir, config.calib_samples) if config.calib_dir
-                   else builtin_samples(config.calib_samples))
-        feeds = record_feeds(fp32_dir, samples, progress=progress)
+    samples = (directory_samples(config.calib_dir, config.calib_samples) if config.calib_dir
+               else builtin_samples(config.calib_samples))
+    feeds = record_feeds(fp32_dir, samples, progress=progress)
     detail = {}
     for stage in tqdm(stages, desc=f"convert {config.precision}", unit="stage", disable=not progress):
-        src, dst = fp32_dir / f"{stage}.onnx", out_dir / f"{stage}.onnx"
-        if config.precision == "fp16":
-            detail[stage] = convert.to_fp16(src, dst)
-        elif config.precision == "int8":
-            detail[stage] = convert.to_int8_qdq(src, dst, feeds.get(stage, []))
-        elif config.precision == "int4-cpu" and stage in (names.LLM_PREFILL, names.LLM_DECODE):
-            detail[stage] = convert.to_int4_matmulnbits(src, dst)
-        else:
-            detail[stage] = convert.to_int8_dynamic(src, dst)
+        detail[stage] = convert.to_int8_qdq(fp32_dir / f"{stage}.onnx", out_dir / f"{stage}.onnx", feeds.get(stage, []))
     share_weights(out_dir / "llm_prefill.onnx", out_dir / "llm_decode.onnx")
-    if config.calib_dir:
-        detail["calibration"] = {"source": str(config.calib_dir), "samples": config.calib_samples}
-    elif config.precision == "int8":
-        detail["calibration"] = {"source": "ShapesVQA calib split", "samples": config.calib_samples}
+    source = str(config.calib_dir) if config.calib_dir else "ShapesVQA calib split"
+    detail["calibration"] = {"source": source, "samples": config.calib_samples}
     return detail

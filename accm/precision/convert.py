@@ -10,8 +10,10 @@
   time) for its fast CPU kernels; TensorRT's parser rejects these graphs.
 - int4-cpu: the language model's weight MatMuls become onnxruntime's ``MatMulNBits`` (4-bit
   weights in blocks along the input dimension, one fp32 scale per block, symmetric; activations
-  stay fp32), through onnxruntime's own ``MatMulNBitsQuantizer``; the other stages are int8-cpu.
-  TensorRT's parser rejects these graphs too.
+  stay fp32); the other stages are int8-cpu. TensorRT's parser rejects these graphs too.
+
+int8-cpu's and int4-cpu's language-model stages are quantized while the exporter streams their
+weights (``precision.streamed``); this module converts whole (small) graphs.
 """
 
 from __future__ import annotations
@@ -196,53 +198,31 @@ def to_int8_dynamic(src: Path, dst: Path) -> dict:
         quantize_dynamic(str(_without_value_info(src, Path(scratch))), str(dst), weight_type=QuantType.QInt8,
                          nodes_to_quantize=nodes, op_types_to_quantize=list(QDQ_OPS), use_external_data_format=True)
     _repack(dst)
-    return {"method": "dynamic int8 (quantize_dynamic)", "weights": "int8 per-tensor",
+    return int8_dynamic_detail(nodes)
+
+
+def int8_dynamic_detail(nodes: list[str]) -> dict:
+    return {"method": "dynamic int8 (quantize_dynamic)", "weights": "int8 symmetric per-tensor",
             "activations": "quantized at run time", "quantized_nodes": nodes, "other_weights": HALF_STORE_NOTE}
+
+
+def int4_qdq_detail(block_size: int, nodes: list[str]) -> dict:
+    return {"method": "int4 weight-only (blocked Q/DQ)", "weights": f"INT4 symmetric, blocks of {block_size} "
+            "along the input dimension (halved where it does not divide it: TensorRT takes whole blocks), one "
+            "fp16 scale per block (DequantizeLinear, opset 21)",
+            "activations": "fp16", "quantized_nodes": nodes}
+
+
+def int4_detail(block_size: int, nodes: list[str]) -> dict:
+    return {"method": "int4 weight-only (MatMulNBits)", "weights": f"int4 symmetric, blocks of {block_size} "
+            "along the input dimension, one fp32 scale per block", "activations": "fp32",
+            "quantized_nodes": nodes, "other_weights": HALF_STORE_NOTE}
 
 
 #: weights per fp32 scale: 4 + 32/64 bits a weight keeps a 7B's LLM weights at 28 % of fp16 (block 32
 #: would be 31 %); on accm-tiny *val* (n = 500) blocks of 32, 64 and 128 all answered within 0.4
 #: points of fp32, so the smallest block under 30 % is used (with the lm_head also at 4 bits: +0.4)
 INT4_BLOCK = 64
-
-
-def to_int4_matmulnbits(src: Path, dst: Path, block_size: int = INT4_BLOCK) -> dict:
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    if not weight_matmuls(onnx.load(str(src), load_external_data=False)):
-        return to_int8_dynamic(src, dst)
-    with tempfile.TemporaryDirectory() as scratch:
-        model = onnx.load(str(_without_value_info(src, Path(scratch))))
-        _weight_gemms_as_matmuls(model)
-        nodes = weight_matmuls(model)
-        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
-                                         nodes_to_include=nodes)
-        quantizer.process()
-        _save(quantizer.model.model, dst)
-    _repack(dst)
-    quantized = [n.name for n in onnx.load(str(dst), load_external_data=False).graph.node
-                 if n.op_type == "MatMulNBits"]
-    return {"method": "int4 weight-only (MatMulNBits)", "weights": f"int4 symmetric, blocks of {block_size} "
-            "along the input dimension, one fp32 scale per block", "activations": "fp32",
-            "quantized_nodes": quantized, "other_weights": HALF_STORE_NOTE}
-
-
-def _weight_gemms_as_matmuls(model: onnx.ModelProto) -> None:
-    """``Gemm(x, W)`` without bias, scaling or transposed x (the exporter's lm_head over the last
-    position) becomes ``MatMul(x, Wᵀ)``: onnxruntime's 4-bit quantizer only takes MatMul, and the
-    lm_head is a tenth of a 7B's LLM weights."""
-    inits = {i.name: i for i in model.graph.initializer}
-    uses = Counter(name for node in model.graph.node for name in node.input)
-    for node in model.graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or len(node.input) != 2 or node.input[1] not in inits
-                or uses[node.input[1]] != 1 or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0):
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if attrs.get("transB", 0):
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight.T), node.input[1]))
-        node.op_type = "MatMul"
-        del node.attribute[:]
 
 
 def _without_value_info(src: Path, scratch: Path) -> Path:

@@ -1,0 +1,98 @@
+"""The 7B path: a stand-in written into the Hugging Face cache as llava-1.5-7b-hf lays out its
+checkpoint, and exports that trace a weightless model and stream the weights (never the model)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+HWM = "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+
+
+def _python(code: str, env: dict, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def hf_home(tmp_path_factory):
+    """A private HF_HOME holding a 2-layer, 1-vision-layer 7B-geometry stand-in (1.4 GB fp16)."""
+    home = tmp_path_factory.mktemp("hf_home")
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "benchmarks/make_standin.py", "--layers", "2", "--vision-layers", "1",
+                           "--shard-gb", "0.4"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return env, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_make_standin_is_llava_hf_checkpoint_layout_in_the_cache(hf_home):
+    env, made = hf_home
+    path = Path(made["path"])
+    assert path.parent.parent == Path(env["HF_HOME"]) / "hub" / "models--llava-hf--llava-1.5-7b-hf"
+    assert (path.parent.parent / "refs" / "main").read_text() == path.name
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    keys = set(index["weight_map"])
+    assert "language_model.lm_head.weight" in keys and "multi_modal_projector.linear_1.weight" in keys
+    assert all(k.split(".")[0] in ("language_model", "vision_tower", "multi_modal_projector") for k in keys)
+    assert any(k.startswith("vision_tower.vision_model.encoder.layers.0.") for k in keys)
+    assert any(k.startswith("language_model.model.layers.1.") for k in keys)
+    assert len(set(index["weight_map"].values())) >= 3
+    assert made["peak_rss_gb"] < made["weights_gb"]  # shard by shard: never the whole model, nor fp32
+    # --model llava-1.5-7b resolves to it, and transformers loads every tensor with nothing left over
+    code = ("import sys, torch; from accm.models.registry import resolve; "
+            "from transformers import LlavaForConditionalGeneration as L; p = resolve('llava-1.5-7b').path; "
+            "m, info = L.from_pretrained(p, output_loading_info=True); "
+            "print(p, m.dtype, m.config.text_config.hidden_size, sum(len(v) for v in info.values()))")
+    resolved, dtype, hidden, leftovers = _python(code, env).split()
+    assert Path(resolved) == path and dtype == "torch.float16" and hidden == "4096" and leftovers == "0"
+
+
+@pytest.mark.slow
+def test_streamed_export_peaks_below_loading_the_checkpoint_and_matches_hugging_face(hf_home, tmp_path):
+    """accm-export --precision fp16 holds neither the model nor a graph copy of it: its peak RSS
+    grows by less than half the checkpoint over the libraries' own footprint (holding the
+    weights would add all of them), and its prefill answers as HF does."""
+    env, made = hf_home
+    imports = ("import torch, transformers, onnx, onnx_ir, onnxscript, onnxruntime, accm.export.streamed, "
+               f"accm.export.exporter, accm.cli.export; {HWM}")
+    export = ("import sys; from accm.cli.export import main; "
+              "rc = main(['--model', 'llava-1.5-7b', '--precision', 'fp16', '--vision-keep', 'all', "
+              "'--output', sys.argv[1], '--quiet']); "
+              f"assert rc == 0; {HWM}")
+    base_kb = int(_python(imports, env))
+    export_kb = int(_python(export, env, str(tmp_path / "bundle")))
+    assert (export_kb - base_kb) * 1024 < 0.5 * made["weights_gb"] * 1e9, (export_kb, base_kb)
+
+    from accm.bundle.manifest import load_manifest
+    from accm.runtime.pipeline import Pipeline
+
+    manifest = load_manifest(tmp_path / "bundle")
+    assert {d["method"] for d in manifest["precision_detail"].values()} == {
+        "traced in fp16, weights streamed from the checkpoint"}
+    assert "TopK" not in manifest["precision_detail"]["llm_prefill"]["ops_kept_fp32"]  # nothing pruned here
+    assert "ReduceMean" in manifest["precision_detail"]["llm_prefill"]["ops_kept_fp32"]  # RMSNorm variance
+    # logits of the fp16 graph against Hugging Face's own fp32 forward of the same checkpoint
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(made["path"], dtype=torch.float32).eval()
+    rng = np.random.default_rng(0)
+    pixel = rng.standard_normal((1, 3, 336, 336)).astype(np.float32)
+    ids = np.array([[1, 5, 7] + [32000] * 576 + [9, 11, 13]], dtype=np.int64)
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(pixel)).logits[0, -1].numpy()
+    pipe = Pipeline(tmp_path / "bundle")
+    embeds = pipe.embed_ids(np.where(ids == 32000, 0, ids))
+    embeds[0, 3:579] = pipe.vision.run({"pixel_values": pixel})["image_embeds"][0]
+    got = pipe.prefill.run({"input_ids": ids, "inputs_embeds": embeds, "attention_mask": np.ones_like(ids),
+                            "position_ids": np.arange(ids.shape[1])[None]})["logits"][0]
+    assert np.corrcoef(got, want)[0, 1] > 0.999 and got.argmax() == want.argmax()
