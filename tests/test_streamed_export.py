@@ -96,3 +96,32 @@ def test_streamed_export_peaks_below_loading_the_checkpoint_and_matches_hugging_
     got = pipe.prefill.run({"input_ids": ids, "inputs_embeds": embeds, "attention_mask": np.ones_like(ids),
                             "position_ids": np.arange(ids.shape[1])[None]})["logits"][0]
     assert np.corrcoef(got, want)[0, 1] > 0.999 and got.argmax() == want.argmax()
+
+
+def test_streamed_export_of_a_checkpoint_missing_a_tensor_is_one_line(tmp_path, capsys):
+    """A checkpoint without one of its model's tensors, or without safetensors at all: one line on
+    stderr, exit code 2, no bundle."""
+    from safetensors.torch import load_file, save_file
+
+    from accm.cli.export import main
+
+    from .conftest import random_llava
+
+    model, proc = random_llava(seed=5)
+    model.save_pretrained(tmp_path / "model")
+    proc.save_pretrained(tmp_path / "model")
+    (weights,) = (tmp_path / "model").glob("*.safetensors")
+    tensors = load_file(str(weights))
+    dropped = next(k for k in tensors if "layers.1.mlp" in k)
+    del tensors[dropped]
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    args = ["--model", str(tmp_path / "model"), "--precision", "int8-cpu", "--output", str(tmp_path / "b"), "--quiet"]
+    capsys.readouterr()  # save_pretrained's own progress
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no tensor for" in err[0] and "layers.1.mlp" in err[0]
+    weights.unlink()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no .safetensors weights" in err[0]
+    assert not (tmp_path / "b").exists()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import AccmUserError
 from .onnx_io import OPSET
 
 # Prefixes a checkpoint may store a transformers-5 LLaVA parameter under: the llava-hf layout
@@ -58,7 +59,9 @@ class CheckpointReader:
     def __init__(self, directory: Path):
         files = sorted(Path(directory).glob("*.safetensors"))
         if not files:
-            raise FileNotFoundError(f"{directory} has no .safetensors weights (streamed export reads only those)")
+            raise AccmUserError(f"{directory} has no .safetensors weights; fp16, int4, int8-cpu and int4-cpu exports "
+                                "stream them one tensor at a time (convert the checkpoint with save_pretrained, or "
+                                "export --precision fp32)")
         self._where: dict[str, tuple[Path, int, dict]] = {}
         for file in files:
             with open(file, "rb") as f:
@@ -111,11 +114,26 @@ class WeightlessModel:
         donor = LlavaForConditionalGeneration._from_config(small, dtype=dtype)
         self.buffers = {n: b.detach().clone() for n, b in donor.named_buffers()}
         del donor
-        self.names = {id(t): n for n, t in self.model.named_parameters(remove_duplicate=False)}
-        self.names.update({id(t): n for n, t in self.model.named_buffers(remove_duplicate=False)})
+        # every name of each tensor (a tied lm_head is also the embedding table)
+        self.names: dict[int, list[str]] = {}
+        for n, t in [*self.model.named_parameters(remove_duplicate=False),
+                     *self.model.named_buffers(remove_duplicate=False)]:
+            self.names.setdefault(id(t), []).append(n)
 
-    def buffer(self, model_name: str) -> torch.Tensor:
-        return self.buffers[_LAYER.sub(".layers.0.", model_name)]
+    def reader(self, model_names: list[str], checkpoint: CheckpointReader):
+        """A function returning the tensor behind ``model_names``: from the checkpoint, or a buffer."""
+        for name in model_names:
+            try:
+                key = checkpoint.key_for(name)
+            except KeyError:
+                continue
+            return lambda: checkpoint.tensor(key)
+        for name in model_names:
+            buffer = self.buffers.get(_LAYER.sub(".layers.0.", name))
+            if buffer is not None:
+                return lambda: buffer
+        raise AccmUserError(f"the checkpoint has no tensor for {model_names[0]} (is it a LLaVA checkpoint of "
+                            "this configuration?)")
 
 
 def _ir_dtype(dtype: torch.dtype):
@@ -126,35 +144,26 @@ def _ir_dtype(dtype: torch.dtype):
             torch.bool: ir.DataType.BOOL}[dtype]
 
 
-def _lazy(read, dtype: torch.dtype, shape, name: str, transpose: bool = False):
+def _lazy(read, dtype: torch.dtype, shape, name: str):
     import onnx_ir as ir
 
     def load():
-        t = read().to(dtype)
-        return ir.tensor((t.t() if transpose else t).contiguous().numpy(), name=name)
+        return ir.tensor(read().to(dtype).contiguous().numpy(), name=name)
 
-    dims = list(reversed(shape)) if transpose else list(shape)
-    return ir.LazyTensor(load, dtype=_ir_dtype(dtype), shape=ir.Shape(dims), name=name)
+    return ir.LazyTensor(load, dtype=_ir_dtype(dtype), shape=ir.Shape(list(shape)), name=name)
 
 
 def _bind_weights(graph, sources: dict, checkpoint: CheckpointReader, weightless: WeightlessModel) -> dict:
     """Give every traced initializer its checkpoint tensor (or donor buffer): small ones now,
     large ones as ``{name: LazyTensor}`` to attach after the graph optimiser, which otherwise
-    reads them and keeps what it read (measured: the whole model)."""
+    would read them and hold them (measured: its RSS grew by the model's size)."""
     deferred = {}
     for name, value in graph.initializers.items():
-        model_name = sources.get(name)
-        if model_name is None:  # a constant the exporter made: real already
+        model_names = sources.get(name)
+        if model_names is None:  # a constant the exporter made: real already
             continue
         fake = value.const_value
-        dtype, shape = _torch_dtype(fake), tuple(fake.shape)
-        try:
-            key = checkpoint.key_for(model_name)
-            read = (lambda k=key: checkpoint.tensor(k))
-        except KeyError:
-            buffer = weightless.buffer(model_name)
-            read = (lambda b=buffer: b)
-        lazy = _lazy(read, dtype, shape, name)
+        lazy = _lazy(weightless.reader(model_names, checkpoint), _torch_dtype(fake), tuple(fake.shape), name)
         if lazy.size > SMALL_INITIALIZER:
             deferred[name] = lazy
             value.const_value = None
