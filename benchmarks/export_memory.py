@@ -1,91 +1,151 @@
-"""Peak RSS of exporting the LLaVA-1.5-7B stand-in at several decoder depths, extrapolated to 32.
+"""Peak memory of ``accm-export`` per precision, measured through the whole export (not extrapolated).
 
-Each step runs in its own process (peak RSS = VmHWM of that process):
-  1. build the stand-in with L decoder layers (random weights) and save it;
-  2. load it as accm-export does (weights only) — the floor any exporter pays;
-  3. accm-export it (fp32, vision keep 64, schedule fastv:2:64).
-A linear fit of peak RSS against L gives the 32-layer (llava-1.5-7b) estimate.
+Each precision runs ``accm-export`` in its own process. Every 0.2 s the sampler sums the resident
+memory (VmRSS) of that process and its children and notes the export's last progress line, so
+the peak comes with the stage it happened in. Also recorded: wall time, bundle size and the
+LLM weights' size.
 
-    python benchmarks/export_memory.py --layers 2 4 8 --json benchmarks/results/export_memory.json
+The 7B geometry needs the stand-in in the Hugging Face cache first:
+
+    python benchmarks/make_standin.py --layers 32
+    python benchmarks/export_memory.py --model llava-1.5-7b --precision fp16 int8-cpu int4-cpu \\
+        --workdir /work/big --json benchmarks/results/export_memory_7b.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 
-import numpy as np
+from accm.bundle.schema import PRECISIONS
 
-BUILD = """
-import sys
-from accm.models.standin import llava_15_standin
-m, p = llava_15_standin(num_layers=int(sys.argv[1]), seed=0)
-m.save_pretrained(sys.argv[2]); p.save_pretrained(sys.argv[2])
-"""
-LOAD = """
-import sys
-from accm.models.loading import load_llava
-load_llava(sys.argv[1])
-print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
-"""
-EXPORT = """
-import sys
-from accm.cli.export import main
-rc = main(["--model", sys.argv[1], "--output", sys.argv[2], "--vision-keep", "64", "--schedule", "fastv:2:64",
-           "--quiet"])
-print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
-sys.exit(rc)
-"""
+PROGRESS_SPLIT = re.compile(r"[\r\n]+")
+PROGRESS_LINE = re.compile(r"^[\w ]+:\s+\d+%\|")  # a tqdm bar: "export:  50%|█████ | 2/4 [..., llm_prefill]"
 
 
-def _run(code: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-2000:])
-    lines = proc.stdout.strip().splitlines()
-    return lines[-1] if lines else ""
+def _tree_rss_kb(pid: int) -> int:
+    """VmRSS of ``pid`` plus all its descendants (kB); 0 for processes that are gone."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        stack.extend(children.get(p, []))
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS")), 0)
+        except OSError:
+            pass
+    return total
+
+
+def measure(model: str, precision: str, output: Path, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "accm.cli.export", "--model", model, "--precision", precision,
+           "--output", str(output), "--overwrite", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    state = {"last": "start", "tail": ""}
+
+    def read_progress():
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+            text = chunk.decode(errors="replace")
+            state["tail"] = (state["tail"] + text)[-4000:]
+            lines = [x.strip() for x in PROGRESS_SPLIT.split(text) if PROGRESS_LINE.match(x.strip())]
+            if lines:
+                state["last"] = lines[-1][:120]
+
+    reader = threading.Thread(target=read_progress, daemon=True)
+    reader.start()
+    peak_kb, peak_at, peak_phase, samples = 0, 0.0, "", []
+    while proc.poll() is None:
+        kb = _tree_rss_kb(proc.pid)
+        t = time.time() - t0
+        samples.append((round(t, 1), round(kb / 2**20, 3)))
+        if kb > peak_kb:
+            peak_kb, peak_at, peak_phase = kb, t, state["last"]
+        time.sleep(0.2)
+    status = proc.returncode
+    reader.join(timeout=5)
+    seconds = time.time() - t0
+    if status != 0:  # e.g. killed for memory: the peak and where it was are the measurement
+        return {"precision": precision, "failed": f"exit status {status}", "peak_rss_gb": round(peak_kb / 2**20, 2),
+                "peak_at_s": round(peak_at, 1), "peak_during": peak_phase, "seconds": round(seconds, 1),
+                "error_tail": state["tail"][-600:], "rss_samples_gb": samples[:: max(1, len(samples) // 400)]}
+    files = [p for p in output.rglob("*") if p.is_file()]
+    manifest = json.loads((output / "manifest.json").read_text())
+    llm = {p.name: p.stat().st_size for p in files if p.name.startswith("llm_") and p.name.endswith(".data")}
+    return {"precision": precision, "peak_rss_gb": round(peak_kb / 2**20, 2), "peak_at_s": round(peak_at, 1),
+            "peak_during": peak_phase, "seconds": round(seconds, 1),
+            "bundle_gb": round(sum(p.stat().st_size for p in files) / 1e9, 2),
+            "llm_weights_gb": round(sum(llm.values()) / 1e9, 2),
+            "precision_methods": sorted({d.get("method", "") for d in manifest.get("precision_detail", {}).values()
+                                         if isinstance(d, dict) and d.get("method")}),
+            "rss_samples_gb": samples[:: max(1, len(samples) // 400)]}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
-    ap.add_argument("--json", default="benchmarks/results/export_memory.json")
-    ap.add_argument("--workdir", default=None, help="scratch directory (needs ~2.5x the model size)")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llava-1.5-7b")
+    ap.add_argument("--precision", nargs="+", default=["fp16", "int8-cpu", "int4-cpu"], choices=PRECISIONS)
+    ap.add_argument("--workdir", default="/tmp", help="where bundles are written (a 7B fp16 needs ~30 GB free)")
+    ap.add_argument("--keep", action="store_true", help="keep the bundles (as <workdir>/<precision>)")
+    ap.add_argument("--export-args", default="", help="extra accm-export arguments, e.g. '--vision-keep 64'")
+    ap.add_argument("--json", default="benchmarks/results/export_memory_7b.json")
+    ap.add_argument("--append", action="store_true", help="keep the other precisions' rows already in --json")
     args = ap.parse_args()
+
+    import onnxruntime
+    import torch
+    import transformers
+
+    from accm.models.registry import resolve
+
+    source = resolve(args.model)
+    config = json.loads((source.path / "config.json").read_text())
+    weights = sum(p.stat().st_size for p in source.path.glob("*.safetensors"))
     rows = []
-    for layers in args.layers:
-        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-            model_dir, bundle = Path(tmp) / "model", Path(tmp) / "bundle"
-            _run(BUILD, str(layers), str(model_dir))
-            weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
-            load_kb = int(_run(LOAD, str(model_dir)))
-            t0 = time.time()
-            export_kb = int(_run(EXPORT, str(model_dir), str(bundle)))
-            seconds = time.time() - t0
-            size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
-            rows.append({"decoder_layers": layers, "weights_gb": weights / 1e9, "load_peak_rss_gb": load_kb / 2**20,
-                         "export_peak_rss_gb": export_kb / 2**20, "export_seconds": round(seconds, 1),
-                         "bundle_gb": size / 1e9})
-            print(json.dumps(rows[-1]))
-            shutil.rmtree(tmp, ignore_errors=True)
-    x = np.array([r["decoder_layers"] for r in rows], float)
-    fits = {}
-    for key in ("weights_gb", "load_peak_rss_gb", "export_peak_rss_gb"):
-        slope, intercept = np.polyfit(x, [r[key] for r in rows], 1)
-        fits[key] = {"per_layer": slope, "intercept": intercept, "at_32_layers": slope * 32 + intercept}
-    result = {"benchmark": "export peak RSS, LLaVA-1.5-7B stand-in (random weights), fp32, accm-export",
-              "rows": rows, "linear_fit": fits,
-              "note": "32 layers = llava-1.5-7b's depth; fp32 weights alone are ~28 GB there"}
+    for precision in args.precision:
+        out = Path(args.workdir) / precision
+        row = measure(args.model, precision, out, args.export_args.split())
+        print(json.dumps({k: v for k, v in row.items() if k != "rss_samples_gb"}), flush=True)
+        rows.append(row)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    if args.append and Path(args.json).exists():
+        done = {r["precision"] for r in rows}
+        rows = [r for r in json.loads(Path(args.json).read_text())["rows"] if r["precision"] not in done] + rows
+    result = {
+        "benchmark": "accm-export peak RSS per precision (process tree, sampled every 0.2 s), wall time, bundle size",
+        "model": args.model, "checkpoint": str(source.path),
+        "decoder_layers": config["text_config"]["num_hidden_layers"],
+        "vision_layers": config["vision_config"]["num_hidden_layers"],
+        "checkpoint_gb": round(weights / 1e9, 2), "checkpoint_dtype": config.get("dtype", config.get("torch_dtype")),
+        "export_args": args.export_args,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__},
+        "rows": rows,
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(fits, indent=1))
 
 
 if __name__ == "__main__":

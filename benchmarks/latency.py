@@ -1,6 +1,11 @@
 """Latency sweeps behind the README tables: accm-tiny, and the LLaVA-1.5-7B stand-in (4 layers).
 
     python benchmarks/latency.py --out benchmarks/results
+    python benchmarks/latency.py --full-7b       # the 32-layer stand-in, int4-cpu and int8-cpu
+
+``--full-7b`` needs ``python benchmarks/make_standin.py --layers 32`` first (``--model
+llava-1.5-7b`` then resolves to it) and ~25 GB free disk: each precision's three bundles
+(keep all / 64 / 18) are exported, measured and deleted before the next.
 
 Calls ``accm-bench latency`` (each configuration in its own process; peers: transformers
 generate eager/SDPA and the PyTorch reference). The stand-in (random weights, real shapes) is
@@ -10,7 +15,9 @@ built once into --work.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +49,19 @@ def main() -> None:
     ap.add_argument("--repeat", default="5")
     ap.add_argument("--shared-weights", action="store_true",
                     help="only: the stand-in's fp32 bundles with and without --share-weights (memory vs speed)")
+    ap.add_argument("--full-7b", action="store_true",
+                    help="only: llava-1.5-7b (the 32-layer stand-in) at int4-cpu and int8-cpu, keep all / 64 / 18")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.full_7b:
+        for precision in ("int4-cpu", "int8-cpu"):
+            result = out / f"latency_7b_{precision.replace('-', '')}.json"
+            bench("--model", "llava-1.5-7b", "--vision-keep", "all", "64", "18", "--precision", precision,
+                  "--no-peers", "--repeat", "2", "--warmup", "1", "--max-new-tokens", "8", "--json", str(result))
+            for row in json.loads(result.read_text())["results"]:  # 4-7 GB each: make room for the next
+                shutil.rmtree(row["bundle"], ignore_errors=True)
+        return
     if args.shared_weights:
         model = standin(Path(args.work))
         for mode, extra in (("plain", ()), ("shared", ("--share-weights",))):

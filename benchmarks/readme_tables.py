@@ -245,6 +245,44 @@ def plugin_kernel(rep: dict) -> str:
             + _table(head, rows))
 
 
+def export_memory(rep: dict) -> str:
+    fp16 = next((r for r in rep["rows"] if r["precision"] == "fp16"), None)
+    rows = [[r["precision"], _num(r["peak_rss_gb"], ".2f") + (f" ({r['failed']})" if r.get("failed") else ""),
+             r["peak_during"][:70].replace("|", "/"), _num(r["seconds"], ".0f"), _num(r.get("bundle_gb"), ".2f"),
+             _num(r.get("llm_weights_gb"), ".2f"),
+             _pct(r["llm_weights_gb"] / fp16["llm_weights_gb"]) if fp16 and r.get("llm_weights_gb") else "–"]
+            for r in rep["rows"]]
+    head = ["precision", "peak RSS GB (process tree)", "peak during", "export s", "bundle GB", "LLM weights GB",
+            "LLM weights vs fp16 %"]
+    m = rep["machine"]
+    return (f"`accm-export --model {rep['model']}` {rep.get('export_args') or ''}(vision keep 64): "
+            f"{rep['decoder_layers']} decoder + {rep['vision_layers']} CLIP layers, {rep['checkpoint_gb']} GB "
+            f"{rep['checkpoint_dtype']} checkpoint; {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB\n\n"
+            + _table(head, rows))
+
+
+def int8_quantizers(rep: dict) -> str:
+    rows = []
+    for name, r in rep["rows"].items():
+        place = r.get("placement", {})
+        rows.append([name, _ci(r), _diff(r.get("vs_fp32")), _num(r["bundle_mb"]),
+                     str(place.get("dq_weight", "–")), str(place.get("dq_activation", "–")),
+                     f"{place['dq_into_matmul']}/{place['dequantize_linear']}" if place else "–",
+                     str(place.get("activation_matmuls_quantized", 0)) if place else "–",
+                     "–" if "tensorrt_rtx" not in r else _trt_summary(r["tensorrt_rtx"])])
+    head = ["quantizer", "accuracy % (95% CI)", "vs fp32 (pts, paired)", "bundle MB", "weight DQ", "activation Q/DQ",
+            "DQ feeding only MatMul", "attention MatMuls quantized", "TensorRT-RTX build (proxy)"]
+    text = (f"{rep['model']}, n = {rep['n']}, test seed {rep['seed']}; onnxruntime "
+            f"{rep['versions']['onnxruntime']}, modelopt {rep['versions']['modelopt']}\n\n" + _table(head, rows))
+    if rep.get("quantize_memory"):
+        mem = [[m["model"], m["quantizer"], _num(m.get("llm_prefill_fp32_gb"), ".2f"),
+                _num(m.get("peak_rss_gb"), ".2f") if "failed" not in m else "failed", _num(m.get("seconds"), ".0f")]
+               for m in rep["quantize_memory"]]
+        text += "\n\nQuantizing one `llm_prefill` graph, own process:\n\n" + _table(
+            ["model", "quantizer", "fp32 graph GB", "peak RSS GB", "seconds"], mem)
+    return text
+
+
 SECTIONS = [("bounds.json", "What 18 kept tokens can answer (rule solver bounds)", bounds),
             ("accuracy_sweep.json", "accm-tiny accuracy per family, with blind baselines", per_family),
             ("accuracy_sweep.json", "Accuracy vs kept tokens", accuracy_sweep),
@@ -254,6 +292,12 @@ SECTIONS = [("bounds.json", "What 18 kept tokens can answer (rule solver bounds)
             ("precision_tiny.json", "Precision, accm-tiny", precision),
             ("precision_standin2.json", "Precision, LLaVA-1.5-7B stand-in (2 decoder layers, random weights: "
                                         "no accuracy)", precision),
+            ("int8_quantizers.json", "INT8 Q/DQ: onnxruntime's quantizer against NVIDIA Model Optimizer's",
+             int8_quantizers),
+            ("export_memory_7b.json", "Export memory, LLaVA-1.5-7B geometry (32 layers, random weights)",
+             export_memory),
+            ("latency_7b_int4cpu.json", "Latency, LLaVA-1.5-7B geometry (32 layers), int4-cpu", latency),
+            ("latency_7b_int8cpu.json", "Latency, LLaVA-1.5-7B geometry (32 layers), int8-cpu", latency),
             (("latency_standin4_plain.json", "latency_standin4_shared.json"),
              "One copy of the LLM weights for prefill and decode (--share-weights), 7B stand-in", shared_weights),
             ("search.json", "Schedule search", search),
