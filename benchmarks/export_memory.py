@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -53,6 +52,36 @@ def _tree_rss_kb(pid: int) -> int:
         except OSError:
             pass
     return total
+
+
+TRT_CHECK = """
+import json, sys
+from pathlib import Path
+from accm.bundle.manifest import load_manifest
+from accm.engines.profiles import Limits, stage_profiles
+from accm.engines.trt_rtx_check import check_stage
+root, stage, build = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "build"
+m = load_manifest(root, verify=False)
+r = check_stage(root / m["stages"][stage]["file"], stage_profiles(m, Limits())[stage], build)
+print(json.dumps({"parsed": r.parsed, "built": r.built if build else None, "error": r.error[:200]}))
+"""
+BUILD_LIMIT_BYTES = 2 << 30  # larger graphs are only parsed: building a 32-layer decoder needs > 24 GB here
+
+
+def trt_check(bundle: Path) -> dict:
+    """TensorRT-RTX (a CPU-side proxy for TensorRT) per stage, each in its own process: build
+    the small stages, parse the large ones; a killed check says so."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    out = {}
+    for stage, info in manifest["stages"].items():
+        size = sum(p.stat().st_size for p in bundle.glob(info["file"] + "*"))
+        mode = "build" if size < BUILD_LIMIT_BYTES else "parse"
+        proc = subprocess.run([sys.executable, "-c", TRT_CHECK, str(bundle), stage, mode], capture_output=True,
+                              text=True)
+        out[stage] = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
+                      else {"failed": f"exit status {proc.returncode}"})
+        out[stage]["mode"] = mode
+    return out
 
 
 def measure(model: str, precision: str, output: Path, extra: list[str]) -> dict:
@@ -109,12 +138,11 @@ def main() -> None:
     ap.add_argument("--export-args", default="", help="extra accm-export arguments, e.g. '--vision-keep 64'")
     ap.add_argument("--json", default="benchmarks/results/export_memory_7b.json")
     ap.add_argument("--append", action="store_true", help="keep the other precisions' rows already in --json")
+    ap.add_argument("--trt-check", action="store_true",
+                    help="also parse (large graphs) or build (small ones) every stage with TensorRT-RTX")
     args = ap.parse_args()
 
-    import onnxruntime
-    import torch
-    import transformers
-
+    from accm.measure.latency import machine
     from accm.models.registry import resolve
 
     source = resolve(args.model)
@@ -124,6 +152,8 @@ def main() -> None:
     for precision in args.precision:
         out = Path(args.workdir) / precision
         row = measure(args.model, precision, out, args.export_args.split())
+        if args.trt_check and not row.get("failed") and precision not in ("int8-cpu", "int4-cpu"):
+            row["tensorrt_rtx"] = trt_check(out)
         print(json.dumps({k: v for k, v in row.items() if k != "rss_samples_gb"}), flush=True)
         rows.append(row)
         if not args.keep:
@@ -138,10 +168,7 @@ def main() -> None:
         "vision_layers": config["vision_config"]["num_hidden_layers"],
         "checkpoint_gb": round(weights / 1e9, 2), "checkpoint_dtype": config.get("dtype", config.get("torch_dtype")),
         "export_args": args.export_args,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__},
+        "machine": machine(),
         "rows": rows,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

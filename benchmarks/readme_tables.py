@@ -245,20 +245,32 @@ def plugin_kernel(rep: dict) -> str:
             + _table(head, rows))
 
 
+def _trt_checks(checks: dict | None) -> str:
+    """``vision, embed built; llm_prefill, llm_decode parsed`` from export_memory's per-stage checks."""
+    if not checks:
+        return "–"
+    groups: dict[str, list[str]] = {}
+    for stage, c in checks.items():
+        state = ("built" if c.get("built") else "parsed" if c.get("parsed") and c["mode"] == "parse"
+                 else c.get("failed") or "failed: " + c.get("error", "")[:80])
+        groups.setdefault(state, []).append(stage)
+    return "; ".join(f"{', '.join(stages)} {state}" for state, stages in groups.items())
+
+
 def export_memory(rep: dict) -> str:
     fp16 = next((r for r in rep["rows"] if r["precision"] == "fp16"), None)
     rows = [[r["precision"], _num(r["peak_rss_gb"], ".2f") + (f" ({r['failed']})" if r.get("failed") else ""),
              r["peak_during"][:70].replace("|", "/"), _num(r["seconds"], ".0f"), _num(r.get("bundle_gb"), ".2f"),
              _num(r.get("llm_weights_gb"), ".2f"),
-             _pct(r["llm_weights_gb"] / fp16["llm_weights_gb"]) if fp16 and r.get("llm_weights_gb") else "–"]
+             _pct(r["llm_weights_gb"] / fp16["llm_weights_gb"]) if fp16 and r.get("llm_weights_gb") else "–",
+             _trt_checks(r.get("tensorrt_rtx"))]
             for r in rep["rows"]]
     head = ["precision", "peak RSS GB (process tree)", "peak during", "export s", "bundle GB", "LLM weights GB",
-            "LLM weights vs fp16 %"]
-    m = rep["machine"]
+            "LLM weights vs fp16 %", "TensorRT-RTX (proxy)"]
     return (f"`accm-export --model {rep['model']}` {rep.get('export_args') or ''}(vision keep 64): "
             f"{rep['decoder_layers']} decoder + {rep['vision_layers']} CLIP layers, {rep['checkpoint_gb']} GB "
-            f"{rep['checkpoint_dtype']} checkpoint; {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB\n\n"
-            + _table(head, rows))
+            f"{rep['checkpoint_dtype']} checkpoint; {_machine(rep['machine'])}, "
+            f"{rep['machine'].get('memory_gb')} GiB RAM\n\n" + _table(head, rows))
 
 
 def int8_quantizers(rep: dict) -> str:

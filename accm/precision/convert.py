@@ -1,7 +1,8 @@
 """Precision conversions of one stage graph, each returning what it changed (for the manifest).
 
-- fp16: onnxruntime's own float16 converter, I/O kept fp32, with ops that measurement showed
-  need fp32 left in fp32 (``FP16_BLOCK``).
+- fp16 (ACCM's caption model and selector; the core stages are traced in fp16 instead):
+  onnxruntime's own float16 converter, I/O kept fp32, with ops that measurement showed need
+  fp32 left in fp32 (``FP16_BLOCK``).
 - int8 (TensorRT-shaped): explicit Q/DQ from onnxruntime's ``quantize_static``: symmetric
   per-channel int8 weights and symmetric per-tensor int8 activations, calibrated on recorded
   pipeline inputs, on weight MatMul/Gemm nodes only, so masks, softmax, norms and residual
@@ -12,8 +13,9 @@
   weights in blocks along the input dimension, one fp32 scale per block, symmetric; activations
   stay fp32); the other stages are int8-cpu. TensorRT's parser rejects these graphs too.
 
-int8-cpu's and int4-cpu's language-model stages are quantized while the exporter streams their
-weights (``precision.streamed``); this module converts whole (small) graphs.
+int4's, int8-cpu's and int4-cpu's language-model stages are quantized while the exporter streams
+their weights (``precision.streamed``), with the same weight rules; this module converts whole
+(small) graphs: vision and embedding stages, ACCM's modules, and int8 Q/DQ bundles.
 """
 
 from __future__ import annotations
