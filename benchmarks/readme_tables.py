@@ -277,21 +277,24 @@ def int8_quantizers(rep: dict) -> str:
     rows = []
     for name, r in rep["rows"].items():
         place = r.get("placement", {})
-        rows.append([name, _ci(r), _diff(r.get("vs_fp32")), _num(r["bundle_mb"]),
+        rows.append([name, _ci(r), _diff(r.get("vs_fp32")), _diff(r.get("vs_onnxruntime")), _num(r["bundle_mb"]),
                      str(place.get("dq_weight", "–")), str(place.get("dq_activation", "–")),
                      f"{place['dq_into_matmul']}/{place['dequantize_linear']}" if place else "–",
                      str(place.get("activation_matmuls_quantized", 0)) if place else "–",
                      "–" if "tensorrt_rtx" not in r else _trt_summary(r["tensorrt_rtx"])])
-    head = ["quantizer", "accuracy % (95% CI)", "vs fp32 (pts, paired)", "bundle MB", "weight DQ", "activation Q/DQ",
+    head = ["quantizer", "accuracy % (95% CI)", "vs fp32 (pts, paired)", "vs onnxruntime (pts, paired)", "bundle MB",
+            "weight DQ", "activation Q/DQ",
             "DQ feeding only MatMul", "attention MatMuls quantized", "TensorRT-RTX build (proxy)"]
     text = (f"{rep['model']}, n = {rep['n']}, test seed {rep['seed']}; onnxruntime "
             f"{rep['versions']['onnxruntime']}, modelopt {rep['versions']['modelopt']}\n\n" + _table(head, rows))
     if rep.get("quantize_memory"):
         mem = [[m["model"], m["quantizer"], _num(m.get("llm_prefill_fp32_gb"), ".2f"),
+                _num(m.get("rss_before_gb"), ".2f"),
                 _num(m.get("peak_rss_gb"), ".2f") if "failed" not in m else "failed", _num(m.get("seconds"), ".0f")]
                for m in rep["quantize_memory"]]
-        text += "\n\nQuantizing one `llm_prefill` graph, own process:\n\n" + _table(
-            ["model", "quantizer", "fp32 graph GB", "peak RSS GB", "seconds"], mem)
+        text += ("\n\nQuantizing one `llm_prefill` graph, own process (RSS before: the fp32 bundle that recorded "
+                 "the calibration inputs, still open):\n\n" + _table(
+                     ["model", "quantizer", "fp32 graph GB", "RSS before GB", "peak RSS GB", "seconds"], mem))
     return text
 
 
