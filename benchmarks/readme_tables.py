@@ -245,6 +245,20 @@ def plugin_kernel(rep: dict) -> str:
             + _table(head, rows))
 
 
+def _phase(line: str) -> str:
+    """``export 3/4, llm_decode`` from a tqdm line; ``start``: before the first progress line."""
+    import re
+
+    m = re.match(r"([\w ]+):\s+\d+%.*?(\d+/\d+) \[.*?(?:, ([\w ]+))?\]", line)
+    if m:
+        return f"{m.group(1)} {m.group(2)}" + (f", {m.group(3)}" if m.group(3) else "")
+    return "loading, before the first stage" if line == "start" else line[:70].replace("|", "/")
+
+
+def _status(text: str) -> str:
+    return "killed (SIGKILL: out of memory)" if text == "exit status -9" else text
+
+
 def _trt_checks(checks: dict | None) -> str:
     """``vision, embed built; llm_prefill, llm_decode parsed`` from export_memory's per-stage checks."""
     if not checks:
@@ -252,15 +266,15 @@ def _trt_checks(checks: dict | None) -> str:
     groups: dict[str, list[str]] = {}
     for stage, c in checks.items():
         state = ("built" if c.get("built") else "parsed" if c.get("parsed") and c["mode"] == "parse"
-                 else c.get("failed") or "failed: " + c.get("error", "")[:80])
+                 else _status(c.get("failed", "")) or "failed: " + c.get("error", "")[:80])
         groups.setdefault(state, []).append(stage)
     return "; ".join(f"{', '.join(stages)} {state}" for state, stages in groups.items())
 
 
 def export_memory(rep: dict) -> str:
     fp16 = next((r for r in rep["rows"] if r["precision"] == "fp16"), None)
-    rows = [[r["precision"], _num(r["peak_rss_gb"], ".2f") + (f" ({r['failed']})" if r.get("failed") else ""),
-             r["peak_during"][:70].replace("|", "/"), _num(r["seconds"], ".0f"), _num(r.get("bundle_gb"), ".2f"),
+    rows = [[r["precision"], _num(r["peak_rss_gb"], ".2f") + (f", {_status(r['failed'])}" if r.get("failed") else ""),
+             _phase(r["peak_during"]), _num(r["seconds"], ".0f"), _num(r.get("bundle_gb"), ".2f"),
              _num(r.get("llm_weights_gb"), ".2f"),
              _pct(r["llm_weights_gb"] / fp16["llm_weights_gb"]) if fp16 and r.get("llm_weights_gb") else "–",
              _trt_checks(r.get("tensorrt_rtx"))]
