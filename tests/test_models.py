@@ -20,7 +20,11 @@ def test_resolve_local_directory(tmp_path):
 
 
 def test_alias_not_in_cache_says_how_to_get_it(tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+
+    # an empty cache, whatever this machine's holds (make_standin.py writes llava-1.5-7b into it)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(registry.ModelNotFound) as err:
         registry.resolve("llava-1.5-7b")
     msg = str(err.value)
