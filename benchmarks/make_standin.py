@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from accm.measure.latency import peak_rss_mb
 from accm.models.registry import ALIASES
 from accm.models.standin import install_in_hf_cache, write_standin_checkpoint
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(p.stat().st_size for p in Path(path).glob("*.safetensors"))
     print(json.dumps({"path": str(path), "decoder_layers": args.layers, "vision_layers": args.vision_layers,
                       "weights_gb": round(size / 1e9, 2), "seconds": round(time.time() - t0, 1),
-                      "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}))
+                      "peak_rss_gb": round(peak_rss_mb() / 1024, 2)}))  # VmHWM: this process's own
     return 0
 
 

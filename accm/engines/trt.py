@@ -96,7 +96,7 @@ def engine_precision(manifest: dict, requested: str | None) -> str:
                        "export --precision int8 (Q/DQ) for TensorRT")
     precision = requested or ("fp16" if bundle == "fp32" else bundle)
     if precision in ("int8", "int4") and bundle != precision:
-        raise TrtError(f"{precision.upper()} engines are built from explicit Q/DQ graphs: export with "
+        raise TrtError(f"{precision} engines are built from explicit Q/DQ graphs: export with "
                        f"--precision {precision}")
     return precision
 
