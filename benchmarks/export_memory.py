@@ -152,6 +152,7 @@ def main() -> None:
     for precision in args.precision:
         out = Path(args.workdir) / precision
         row = measure(args.model, precision, out, args.export_args.split())
+        row["export_args"] = args.export_args
         if args.trt_check and not row.get("failed") and precision not in ("int8-cpu", "int4-cpu"):
             row["tensorrt_rtx"] = trt_check(out)
         print(json.dumps({k: v for k, v in row.items() if k != "rss_samples_gb"}), flush=True)

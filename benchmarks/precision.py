@@ -71,6 +71,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="which test questions")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", required=True)
+    ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                    help="measure these (fp32, the baseline, always; fp16 too, the weight-size baseline)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of the other precisions already in --json (measured in their own run)")
     args = ap.parse_args()
 
     def options(prec, keep=None, accm=False):
@@ -80,7 +84,8 @@ def main() -> None:
     rows, hits = [], {}
     fp32 = ensure_bundle(args.model, options("fp32"))
     fp32_accm = None if args.no_accm else ensure_bundle(args.model, options("fp32", args.accm_keep, True))
-    for prec in PRECISIONS:
+    measured = [p for p in PRECISIONS if p in {"fp32", "fp16", *args.precisions}]
+    for prec in measured:
         bundle = ensure_bundle(args.model, options(prec))
         manifest = load_manifest(bundle)
         row = {"precision": prec, "bundle_mb": sum(f["size"] for f in manifest["files"].values()) / 2**20,
@@ -119,6 +124,11 @@ def main() -> None:
         r["decode_speedup_vs_fp32"] = base["decode_ms_per_token"] / r["decode_ms_per_token"]
         if args.n:
             r["accuracy_delta_points"] = 100 * (r["accuracy_full"] - base["accuracy_full"])
+    if args.merge and Path(args.json).exists():
+        kept = {r["precision"]: r for r in json.loads(Path(args.json).read_text())["rows"]}
+        mine = {r["precision"]: r for r in rows}
+        rows = [mine.get(p) or {**kept[p], "measured_in_an_earlier_run": True} for p in PRECISIONS
+                if p in mine or p in kept]
     report = {"benchmark": "precision vs fp32 (ONNX Runtime CPU)", "model": args.model or "accm-tiny",
               "machine": machine(), "n": args.n, "seed": args.seed, "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ def test_precision_manifests_record_choices(precision_bundles):
         inits = onnx.load(str(precision_bundles["int8"] / f"{stage}.onnx"), load_external_data=False).graph.initializer
         big = [i for i in inits if np.prod(i.dims) * 2 >= 32 * 1024 and i.data_type != onnx.TensorProto.INT8]
         assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big), stage
-    graph = onnx.load(str(precision_bundles["int8"] / "llm_prefill.onnx"), load_external_data=False)
+    graph = onnx.load(str(precision_bundles["int8"] / "llm_prefill.onnx"))
     ops = {n.op_type for n in graph.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "MatMulInteger" not in ops
     # symmetric: every zero point is 0
@@ -276,3 +276,79 @@ def test_int4_blocks_divide_the_input_dimension():
     assert dividing_block(160, 64) == 32 and dividing_block(48, 64) == 16
     with pytest.raises(ValueError):
         dividing_block(40, 64)
+
+
+def test_int8_weights_are_quantize_statics(precision_bundles, tmp_path):
+    """The streamed int8 (Q/DQ) rewrite gives every weight quantize_static's symmetric per-channel
+    int8 values and scales, and puts one Q/DQ pair on each weight MatMul's input (the placement
+    TensorRT fuses into an int8 GEMM), nothing else."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from accm.precision.convert import _Reader, _without_value_info, weight_matmuls
+    from accm.precision.data import builtin_samples
+    from accm.precision.record import record_feeds
+
+    src = _without_value_info(precision_bundles["fp32"] / "llm_decode.onnx", tmp_path)
+    feeds = record_feeds(precision_bundles["fp32"], builtin_samples(2), progress=False)["llm_decode"]
+    quantize_static(str(src), str(tmp_path / "reference.onnx"), _Reader(feeds), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    nodes_to_quantize=weight_matmuls(onnx.load(str(src), load_external_data=False)),
+                    use_external_data_format=True, calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    ours = precision_bundles["int8"] / "llm_decode.onnx"
+
+    def arrays(path, keep):
+        return [onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer if keep(i)]
+
+    int8 = lambda i: i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2  # noqa: E731
+    scales = lambda i: i.name.endswith("_scale") and len(i.dims) == 1  # noqa: E731
+    mine = {a.tobytes() for a in arrays(ours, int8)}
+    reference = arrays(tmp_path / "reference.onnx", int8)
+    # the lm_head is a Gemm(transB) there, stored [N, K]; here every weight is MatMul's [K, N]
+    assert reference and all(a.tobytes() in mine or np.ascontiguousarray(a.T).tobytes() in mine for a in reference)
+    reference_scales = {a.tobytes() for a in arrays(tmp_path / "reference.onnx", scales)}
+    assert reference_scales == {a.tobytes() for a in arrays(ours, scales)}
+    graph = onnx.load(str(ours), load_external_data=False).graph
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    activation_dq = [n for n in graph.node if n.op_type == "DequantizeLinear"
+                     and n.input[0] not in {i.name for i in graph.initializer}]
+    assert activation_dq and all(set(consumers[n.output[0]]) == {"MatMul"} for n in activation_dq)
+    assert not weight_matmuls(onnx.load(str(ours), load_external_data=False))
+
+
+def test_int8_calibration_streams_decoder_layers_and_sees_what_the_whole_model_sees(tmp_path):
+    """Calibration holds at most two decoder layers' weights at a time, and records the same
+    activation ranges as the same pipeline on the fully loaded Hugging Face model."""
+    import torch
+
+    from accm.export import exporter
+    from accm.export.streamed import StreamedExport
+    from accm.precision.calibrate import InputRanges, TorchStage, calibrate
+    from accm.precision.data import builtin_samples
+    from accm.precision.record import run_samples
+    from accm.runtime.pipeline import Pipeline
+
+    model, proc = random_llava(num_layers=4, seed=31)
+    loaded = loaded_model(model.float().eval(), proc, tmp_path / "model")
+    config = ExportConfig(precision="int8", vision_keep=64, schedule=Schedule.parse("fastv:2:32"))
+    samples = builtin_samples(3)
+
+    def stages_on(lm):
+        return exporter.core_jobs(lm, exporter.plan_export(lm, config))
+
+    streamer = StreamedExport.open(None, loaded, torch.float32)
+    plan = exporter.plan_export(streamer.loaded, config)
+    info = exporter.bundle_info(streamer.loaded, plan, config, exporter.stage_table(stages_on(streamer.loaded)), None)
+    streamed = calibrate(streamer, stages_on, info, samples, progress=False)
+    assert streamed.peak_layers == 2
+
+    whole = InputRanges(loaded.model)
+    runners = {job.stage: TorchStage(job.module, job.inputs, job.outputs) for job in stages_on(loaded)}
+    tokenizer = __import__("tokenizers").Tokenizer.from_str(proc.tokenizer.backend_tokenizer.to_str())
+    run_samples(Pipeline.from_stages(info, tokenizer, runners, "torch"), samples, progress=False)
+    assert set(streamed.absmax) == set(whole.absmax) and len(whole.absmax) > 30
+    for name, value in whole.absmax.items():
+        assert streamed.absmax[name] == pytest.approx(value, rel=1e-5), name

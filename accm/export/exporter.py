@@ -160,28 +160,23 @@ def core_jobs(lm: LoadedModel, plan: ExportPlan) -> list[TraceJob]:
     ]
 
 
+def stage_table(jobs: list[TraceJob]) -> dict:
+    """The manifest's ``stages`` entry of each job."""
+    return {job.stage: {"file": f"{job.stage}.onnx", "inputs": job.inputs, "outputs": job.outputs} for job in jobs}
+
+
 def trace_jobs(jobs: list[TraceJob], out: Path, progress: bool, export=None) -> dict:
     """Trace every job into ``out`` with ``export`` (default: the module's own weights)."""
     bar = tqdm(total=len(jobs), desc="export", unit="stage", disable=not progress)
-    stages = {}
     for job in jobs:
         bar.set_postfix_str(job.stage)
         if export is None:
             export_module(job.module, job.sample, out / f"{job.stage}.onnx", job.inputs, job.outputs, job.dynamic)
         else:
             export(job, out / f"{job.stage}.onnx")
-        stages[job.stage] = {"file": f"{job.stage}.onnx", "inputs": job.inputs, "outputs": job.outputs}
         bar.update()
     bar.close()
-    return stages
-
-
-def write_graphs(jobs: list[TraceJob], out: Path, tokenizer, progress: bool) -> dict:
-    """Trace every job into ``out`` (prefill and decode share one weights file), and the tokenizer."""
-    stages = trace_jobs(jobs, out, progress)
-    share_weights(*(out / f"{s}.onnx" for s in names.SHARED_WEIGHT_STAGES))
-    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
-    return stages
+    return stage_table(jobs)
 
 
 def bundle_info(lm: LoadedModel, plan: ExportPlan, config: ExportConfig, stages: dict, accm: dict | None) -> dict:
@@ -215,47 +210,54 @@ def bundle_info(lm: LoadedModel, plan: ExportPlan, config: ExportConfig, stages:
 def export_bundle(name: str | None, output: Path, config: ExportConfig, overwrite: bool = False,
                   progress: bool = True, loaded: LoadedModel | None = None) -> dict:
     """Export ``name`` (any --model value) into the bundle directory ``output``: plan → trace →
-    write → convert, in a temporary directory renamed into place when complete."""
+    write, in a temporary directory renamed into place when complete."""
     config.validate()
     if config.precision in STREAMED_PRECISIONS:
         return _export_streamed(name, output, config, overwrite, progress, loaded)
     lm = loaded or load_llava(name, dtype=torch.float32)
     plan = plan_export(lm, config)
-    jobs, accm = core_jobs(lm, plan), None
-    if config.accm:
-        if plan.vision_keep is None:
-            raise ExportError("--accm needs vision-side pruning to leave discarded tokens")
-        comp = load_compensator(lm, config.accm_dir)
-        jobs += accm_jobs(comp, plan.n_patches - plan.n_image, Dim("batch"), lm.model.config.vision_config.hidden_size)
-        accm = accm_manifest(comp)
+    extra, accm = _accm_parts(lm, plan, config)
+    jobs = core_jobs(lm, plan) + extra
     with manifest.staged_directory(Path(output), overwrite) as tmp:
-        scratch = tmp if config.precision == "fp32" else tmp / ".fp32"
-        scratch.mkdir(exist_ok=True)
-        info = bundle_info(lm, plan, config, write_graphs(jobs, scratch, lm.processor.tokenizer, progress), accm)
-        manifest.write_manifest(scratch, info)
-        if config.precision != "fp32":
-            info["precision"] = config.precision
-            info["precision_detail"] = convert_precision(scratch, tmp, info["stages"], config, progress)
-            lm.processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-            shutil.rmtree(scratch)
-        info["shared_weights"] = shared_weight_table(tmp, list(names.SHARED_WEIGHT_STAGES))
-        info["runtime_requirements"] = requirements(tmp, [s["file"] for s in info["stages"].values()])
-        return manifest.write_manifest(tmp, info)
+        return _finish(tmp, lm, bundle_info(lm, plan, config, trace_jobs(jobs, tmp, progress), accm))
+
+
+def _accm_parts(lm: LoadedModel, plan: ExportPlan, config: ExportConfig) -> tuple[list[TraceJob], dict | None]:
+    """ACCM's stage jobs and manifest entry (none without ``--accm``)."""
+    if not config.accm:
+        return [], None
+    if plan.vision_keep is None:
+        raise ExportError("--accm needs vision-side pruning to leave discarded tokens")
+    comp = load_compensator(lm, config.accm_dir)
+    jobs = accm_jobs(comp, plan.n_patches - plan.n_image, Dim("batch"), lm.model.config.vision_config.hidden_size)
+    return jobs, accm_manifest(comp)
+
+
+def _finish(tmp: Path, lm: LoadedModel, info: dict) -> dict:
+    """What every bundle gets once its graphs are written: prefill and decode share one weights
+    file, the tokenizer, the runtime versions it needs, and the manifest."""
+    share_weights(*(tmp / f"{s}.onnx" for s in names.SHARED_WEIGHT_STAGES))
+    lm.processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+    info["shared_weights"] = shared_weight_table(tmp, list(names.SHARED_WEIGHT_STAGES))
+    info["runtime_requirements"] = requirements(tmp, [s["file"] for s in info["stages"].values()])
+    return manifest.write_manifest(tmp, info)
 
 
 #: precisions exported from a weightless trace with the checkpoint streamed in (``streamed``):
-#: memory stays near one tensor whatever the model size. fp32 and int8 (Q/DQ, calibrated on a
-#: whole fp32 bundle) still load the model.
-STREAMED_PRECISIONS = ("fp16", "int4", "int8-cpu", "int4-cpu")
+#: memory stays near one tensor (int8: one decoder layer) whatever the model size. fp32 loads the model.
+STREAMED_PRECISIONS = ("fp16", "int8", "int4", "int8-cpu", "int4-cpu")
 
 
 def _export_streamed(name, output: Path, config: ExportConfig, overwrite: bool, progress: bool,
                      loaded: LoadedModel | None) -> dict:
     """fp16: the core stages traced in fp16. int4: the same, the LLM's weight MatMuls on blocked
-    INT4 Q/DQ (TensorRT's weight-only form). int8-cpu / int4-cpu: traced in fp32, the LLM's weight
+    INT4 Q/DQ (TensorRT's weight-only form). int8 (Q/DQ): traced in fp32, calibrated in PyTorch
+    with the decoder layers streamed (``precision.calibrate``), vision and LLM weight MatMuls on
+    int8 Q/DQ written one weight at a time. int8-cpu / int4-cpu: traced in fp32, the LLM's weight
     MatMuls quantized one weight at a time as they are written (``precision.streamed``), vision
     and embedding through onnxruntime's quantize_dynamic on their (small) fp32 graphs. ACCM's
-    small modules go through the fp32 export and the usual converters (fp16 for int4)."""
+    small modules go through the fp32 export and the usual converters (fp16 for int4, int8 Q/DQ
+    on their recorded inputs for int8)."""
     from ..precision import convert
     from ..precision import streamed as quantize
     from .streamed import StreamedExport
@@ -264,43 +266,62 @@ def _export_streamed(name, output: Path, config: ExportConfig, overwrite: bool, 
     streamer = StreamedExport.open(name, loaded, torch.float16 if half else torch.float32)
     lm = streamer.loaded
     plan = plan_export(lm, config)
-    jobs, accm, extra = core_jobs(lm, plan), None, []
-    if config.accm:
-        comp = load_compensator(lm, config.accm_dir)
-        extra = accm_jobs(comp, plan.n_patches - plan.n_image, Dim("batch"), lm.model.config.vision_config.hidden_size)
-        accm = accm_manifest(comp)
-    llm_rewrite = {"int4-cpu": lambda model: quantize.int4_stage(model, convert.INT4_BLOCK),
-                   "int4": lambda model: quantize.int4_qdq_stage(model, convert.INT4_BLOCK),
-                   "int8-cpu": quantize.int8_dynamic_stage}.get(config.precision)
+    jobs = core_jobs(lm, plan)
+    extra, accm = _accm_parts(lm, plan, config)
+    info = bundle_info(lm, plan, config, stage_table(jobs + extra), accm)
+    calibration = _calibrate(streamer, config, info, extra, progress) if config.precision == "int8" else None
+    rewrites = {"int4-cpu": lambda model, sources: quantize.int4_stage(model, convert.INT4_BLOCK),
+                "int4": lambda model, sources: quantize.int4_qdq_stage(model, convert.INT4_BLOCK),
+                "int8-cpu": lambda model, sources: quantize.int8_dynamic_stage(model),
+                "int8": lambda model, sources: quantize.int8_qdq_stage(
+                    model, lambda weight: calibration.input_absmax(sources.get(weight, [])))}
+    rewrite = rewrites.get(config.precision)
+    rewritten = (names.VISION, names.LLM_PREFILL, names.LLM_DECODE) if config.precision == "int8" \
+        else (names.LLM_PREFILL, names.LLM_DECODE)
 
     def export(job, path):
-        if llm_rewrite is not None and job.stage in (names.LLM_PREFILL, names.LLM_DECODE):
-            streamer.export(job, path, llm_rewrite)
+        if rewrite is not None and job.stage in rewritten:
+            streamer.export(job, path, rewrite)
         elif half:
             streamer.export(job, path)
         else:
             streamer.export(job, scratch / path.name)
-            streamer.details[job.stage] = convert.to_int8_dynamic(scratch / path.name, path)
+            streamer.details[job.stage] = _whole_graph(scratch / path.name, path, job.stage)
+
+    def _whole_graph(src: Path, dst: Path, stage: str) -> dict:
+        if half:
+            return convert.to_fp16(src, dst)
+        if calibration is not None:
+            return convert.to_int8_qdq(src, dst, calibration.feeds.get(stage, []))
+        return convert.to_int8_dynamic(src, dst)
 
     with manifest.staged_directory(Path(output), overwrite) as tmp:
         scratch = tmp / ".fp32"
         scratch.mkdir()
-        stages = trace_jobs(jobs, tmp, progress, export=export)
-        detail = {stage: streamer.detail(tmp / f"{stage}.onnx") for stage in stages}
-        if extra:
-            extra_stages = trace_jobs(extra, scratch, progress)
-            to_precision = convert.to_fp16 if half else convert.to_int8_dynamic
-            for stage in extra_stages:
-                detail[stage] = to_precision(scratch / f"{stage}.onnx", tmp / f"{stage}.onnx")
-            stages.update(extra_stages)
+        trace_jobs(jobs, tmp, progress, export=export)
+        detail = {job.stage: streamer.detail(tmp / f"{job.stage}.onnx") for job in jobs}
+        trace_jobs(extra, scratch, progress)
+        for job in extra:
+            detail[job.stage] = _whole_graph(scratch / f"{job.stage}.onnx", tmp / f"{job.stage}.onnx", job.stage)
         shutil.rmtree(scratch)
-        share_weights(*(tmp / f"{s}.onnx" for s in names.SHARED_WEIGHT_STAGES))
-        lm.processor.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        info = bundle_info(lm, plan, config, stages, accm)
+        if calibration is not None:
+            detail["calibration"] = calibration.summary
         info["precision"], info["precision_detail"] = config.precision, detail
-        info["shared_weights"] = shared_weight_table(tmp, list(names.SHARED_WEIGHT_STAGES))
-        info["runtime_requirements"] = requirements(tmp, [s["file"] for s in info["stages"].values()])
-        return manifest.write_manifest(tmp, info)
+        return _finish(tmp, lm, info)
+
+
+def _calibrate(streamer, config: ExportConfig, info: dict, extra: list[TraceJob], progress: bool):
+    """int8's activation ranges (and ACCM stages' inputs) from the calibration samples."""
+    from ..precision.calibrate import calibrate
+    from ..precision.data import builtin_samples, directory_samples
+
+    samples = (directory_samples(config.calib_dir, config.calib_samples) if config.calib_dir
+               else builtin_samples(config.calib_samples))
+    calibration = calibrate(streamer, lambda lm: core_jobs(lm, plan_export(lm, config)), info, samples, extra,
+                            record=names.ACCM_STAGES if extra else (), progress=progress)
+    calibration.summary = {"source": str(config.calib_dir) if config.calib_dir else "ShapesVQA calib split",
+                           "samples": len(samples), "decoder_layers_held_at_once": calibration.peak_layers}
+    return calibration
 
 
 def load_compensator(lm: LoadedModel, accm_dir: str | None):
@@ -350,22 +371,3 @@ def accm_manifest(comp) -> dict:
         "head_dim": cfg.hidden // cfg.lm_heads, "hidden": cfg.hidden,
         "selector_max_tokens": comp.selector.cfg.max_text_tokens,
     }
-
-
-def convert_precision(fp32_dir: Path, out_dir: Path, stages: dict, config: ExportConfig, progress: bool) -> dict:
-    """int8 (Q/DQ): calibrate on the fp32 bundle in ``fp32_dir`` and quantize every stage into
-    ``out_dir``; per-stage detail. (fp16, int8-cpu and int4-cpu are streamed instead.)"""
-    from ..precision import convert
-    from ..precision.data import builtin_samples, directory_samples
-    from ..precision.record import record_feeds
-
-    samples = (directory_samples(config.calib_dir, config.calib_samples) if config.calib_dir
-               else builtin_samples(config.calib_samples))
-    feeds = record_feeds(fp32_dir, samples, progress=progress)
-    detail = {}
-    for stage in tqdm(stages, desc=f"convert {config.precision}", unit="stage", disable=not progress):
-        detail[stage] = convert.to_int8_qdq(fp32_dir / f"{stage}.onnx", out_dir / f"{stage}.onnx", feeds.get(stage, []))
-    share_weights(out_dir / "llm_prefill.onnx", out_dir / "llm_decode.onnx")
-    source = str(config.calib_dir) if config.calib_dir else "ShapesVQA calib split"
-    detail["calibration"] = {"source": source, "samples": config.calib_samples}
-    return detail

@@ -156,7 +156,9 @@ def _lazy(read, dtype: torch.dtype, shape, name: str):
 def _bind_weights(graph, sources: dict, checkpoint: CheckpointReader, weightless: WeightlessModel) -> dict:
     """Give every traced initializer its checkpoint tensor (or donor buffer): small ones now,
     large ones as ``{name: LazyTensor}`` to attach after the graph optimiser, which otherwise
-    would read them and hold them (measured: its RSS grew by the model's size)."""
+    would read them and hold them (measured: its RSS grew by the model's size). Matrices are
+    always deferred: folded by the optimiser they would lose the names the quantizers look
+    their calibration up by."""
     deferred = {}
     for name, value in graph.initializers.items():
         model_names = sources.get(name)
@@ -164,7 +166,7 @@ def _bind_weights(graph, sources: dict, checkpoint: CheckpointReader, weightless
             continue
         fake = value.const_value
         lazy = _lazy(weightless.reader(model_names, checkpoint), _torch_dtype(fake), tuple(fake.shape), name)
-        if lazy.size > SMALL_INITIALIZER:
+        if lazy.size > SMALL_INITIALIZER or len(fake.shape) == 2:
             deferred[name] = lazy
             value.const_value = None
         else:
@@ -221,9 +223,9 @@ def export_streamed(module: torch.nn.Module, args: tuple, path: Path, input_name
                     output_names: list[str], dynamic_shapes, weightless: WeightlessModel,
                     checkpoint: CheckpointReader, rewrite=None) -> dict:
     """Trace ``module`` (built on ``weightless.model``) and write it with weights streamed from
-    ``checkpoint`` into ``<path>.data``; returns the manifest's precision detail. ``rewrite(graph)``
-    may replace weight MatMuls while the weights are still lazy (``precision.streamed``) and
-    returns the detail of what it did."""
+    ``checkpoint`` into ``<path>.data``; returns the manifest's precision detail. ``rewrite(model,
+    sources)`` may replace weight MatMuls while the weights are still lazy (``precision.streamed``;
+    ``sources``: initializer name → the model's names for it) and returns the detail of what it did."""
     import onnx_ir as ir
     import onnxscript.optimizer
 
@@ -242,7 +244,7 @@ def export_streamed(module: torch.nn.Module, args: tuple, path: Path, input_name
         onnxscript.optimizer.optimize(model)
     for name, lazy in deferred.items():
         model.graph.initializers[name].const_value = lazy
-    rewritten = rewrite(model) if rewrite is not None else None
+    rewritten = rewrite(model, sources) if rewrite is not None else None
     _fold_weight_transposes(model.graph)
     for node in model.graph:
         node.metadata_props.clear()

@@ -3,19 +3,22 @@
 - fp16 (ACCM's caption model and selector; the core stages are traced in fp16 instead):
   onnxruntime's own float16 converter, I/O kept fp32, with ops that measurement showed need
   fp32 left in fp32 (``FP16_BLOCK``).
-- int8 (TensorRT-shaped): explicit Q/DQ from onnxruntime's ``quantize_static``: symmetric
-  per-channel int8 weights and symmetric per-tensor int8 activations, calibrated on recorded
-  pipeline inputs, on weight MatMul/Gemm nodes only, so masks, softmax, norms and residual
-  adds stay in float (a float-min attention mask would otherwise get an infinite scale).
+- int8 (TensorRT-shaped), for ACCM's small modules: explicit Q/DQ from onnxruntime's
+  ``quantize_static``: symmetric per-channel int8 weights and symmetric per-tensor int8
+  activations, calibrated on recorded pipeline inputs, on weight MatMul/Gemm nodes only, so
+  masks, softmax, norms and residual adds stay in float (a float-min attention mask would
+  otherwise get an infinite scale). The core stages get the same weights streamed
+  (``precision.streamed``), calibrated layer by layer (``precision.calibrate``).
 - int8-cpu: onnxruntime's ``quantize_dynamic`` (int8 weights, activations quantized at run
   time) for its fast CPU kernels; TensorRT's parser rejects these graphs.
 - int4-cpu: the language model's weight MatMuls become onnxruntime's ``MatMulNBits`` (4-bit
   weights in blocks along the input dimension, one fp32 scale per block, symmetric; activations
   stay fp32); the other stages are int8-cpu. TensorRT's parser rejects these graphs too.
 
-int4's, int8-cpu's and int4-cpu's language-model stages are quantized while the exporter streams
-their weights (``precision.streamed``), with the same weight rules; this module converts whole
-(small) graphs: vision and embedding stages, ACCM's modules, and int8 Q/DQ bundles.
+int8's, int4's, int8-cpu's and int4-cpu's language-model stages (and int8's vision stage) are
+quantized while the exporter streams their weights (``precision.streamed``), with the same weight
+rules; this module converts whole (small) graphs: embedding stages, int8-cpu's vision stage and
+ACCM's modules.
 """
 
 from __future__ import annotations
@@ -201,6 +204,13 @@ def to_int8_dynamic(src: Path, dst: Path) -> dict:
                          nodes_to_quantize=nodes, op_types_to_quantize=list(QDQ_OPS), use_external_data_format=True)
     _repack(dst)
     return int8_dynamic_detail(nodes)
+
+
+def int8_qdq_streamed_detail(nodes: list[str], skipped: list[str]) -> dict:
+    return {"method": "explicit Q/DQ, weights streamed", "weights": "int8 symmetric per-channel",
+            "activations": "int8 symmetric per-tensor: max |x| / 127 of each weight MatMul's input over the "
+            "calibration samples, recorded in PyTorch with the decoder layers streamed",
+            "quantized_nodes": nodes, "left_float": skipped, "other_weights": HALF_STORE_NOTE}
 
 
 def int8_dynamic_detail(nodes: list[str]) -> dict:

@@ -1,4 +1,4 @@
-"""Recording each stage's real inputs by running the fp32 bundle on calibration samples.
+"""Recording each stage's real inputs by running a pipeline on calibration samples.
 
 Calibration then sees exactly what the pipeline feeds every graph (prefill on paired
 image+prompt, decode steps with their caches, caption beams, selector batches), not
@@ -17,16 +17,25 @@ from ..bundle import names
 from ..runtime.pipeline import Pipeline
 
 
-def record_feeds(bundle: Path, samples: list[tuple], max_per_stage: int = 64, max_new_tokens: int = 4,
-                 progress: bool = True) -> dict[str, list[dict[str, np.ndarray]]]:
-    pipe = Pipeline(bundle, verify=False)
+def pipeline_stages(pipe: Pipeline) -> dict:
+    """Every stage runner of ``pipe`` by stage name."""
     stages = {names.VISION: pipe.vision, names.EMBED: pipe.embed, names.LLM_PREFILL: pipe.prefill,
               names.LLM_DECODE: pipe.decode}
     if pipe.compensator is not None:
         c = pipe.compensator
-        stages.update(caption_prefix=c.prefix, caption_embed=c.embed, caption_decode=c.decode, selector=c.selector)
+        stages.update({names.CAPTION_PREFIX: c.prefix, names.CAPTION_EMBED: c.embed,
+                       names.CAPTION_DECODE: c.decode, names.SELECTOR: c.selector})
+    return stages
+
+
+def run_samples(pipe: Pipeline, samples: list[tuple], max_new_tokens: int = 4, progress: bool = True,
+                record: tuple[str, ...] | None = None, max_per_stage: int = 64) -> dict[str, list[dict]]:
+    """Answer every (image, prompt) sample, one at a time (no padding rows), recording the feeds
+    of the stages named in ``record`` (default: all)."""
     recorded: dict[str, list] = defaultdict(list)
-    for name, stage in stages.items():
+    for name, stage in pipeline_stages(pipe).items():
+        if record is not None and name not in record:
+            continue
         original = stage.run
 
         def run(feeds, _name=name, _original=original):
@@ -38,3 +47,10 @@ def record_feeds(bundle: Path, samples: list[tuple], max_per_stage: int = 64, ma
     for image, prompt in tqdm(samples, desc="calibrate", unit="sample", disable=not progress):
         pipe.generate([image], [prompt], max_new_tokens)
     return dict(recorded)
+
+
+def record_feeds(bundle: Path, samples: list[tuple], max_per_stage: int = 64, max_new_tokens: int = 4,
+                 progress: bool = True) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Every stage's feeds when ``bundle`` (an fp32 bundle) answers ``samples``."""
+    return run_samples(Pipeline(bundle, verify=False), samples, max_new_tokens, progress,
+                       max_per_stage=max_per_stage)

@@ -10,6 +10,10 @@ each weight MatMul of an ``onnx_ir`` graph is rewritten in place and its quantiz
   (``block_size``, opset 21) symmetric INT4 weight packed by onnxruntime's
   ``quantize_qdq_matmul_4bits`` (what ``MatMulNBitsQuantizer`` uses for its QDQ format); the
   scales take the activations' dtype (fp16), so TensorRT sees weight-only INT4 on fp16 math.
+- ``int8`` (TensorRT's explicit Q/DQ): ``MatMul(DQ(Q(x)), DQ(W8))`` as ``quantize_static`` writes
+  it: int8 symmetric per-channel weights (max |W| / 127 per output column), int8 symmetric
+  per-tensor activations whose scale comes from a calibration's recorded max |x|
+  (``precision.calibrate``); one Q/DQ pair per activation tensor, one DQ per weight.
 - ``int8-dynamic``: ``quantize_dynamic``'s node pattern (``DynamicQuantizeLinear`` per input,
   ``MatMulInteger``, a cast and the product of the two scales) with its weight rule: int8
   symmetric per tensor, scale max|W| / 127, round half to even.
@@ -53,8 +57,7 @@ def weight_sites(graph) -> list[WeightSite]:
         else:
             producer = b.producer()
             if (producer is not None and producer.op_type == "Transpose" and producer.inputs[0] is not None
-                    and producer.inputs[0].is_initializer() and len(producer.inputs[0].shape) == 2
-                    and len(b.uses()) == 1):
+                    and producer.inputs[0].is_initializer() and len(producer.inputs[0].shape) == 2):
                 perm = producer.attributes.get("perm")
                 if perm is None or list(perm.as_ints()) == [1, 0]:
                     sites.append(WeightSite(node, producer.inputs[0], True, [producer]))
@@ -133,9 +136,19 @@ def int8_symmetric(w_kn: np.ndarray) -> tuple[np.ndarray, np.float32]:
     return np.clip(np.round(w_kn / scale), -127, 127).astype(np.int8), scale
 
 
+def int8_per_channel(w_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_static's symmetric per-channel int8 weight: one scale per output column
+    (max |W[:, n]| / 127; an all-zero column takes scale 1)."""
+    absmax = np.abs(w_kn).max(axis=0)
+    scale = np.where(absmax > 0, absmax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    return np.clip(np.round(w_kn / scale), -127, 127).astype(np.int8), scale
+
+
 def _initializer(graph, name: str, shape, dtype, compute):
     import onnx_ir as ir
 
+    if name in graph.initializers:  # a weight read by two MatMuls (a prune point's q/k): stored once
+        return graph.initializers[name]
     value = ir.Value(name=name, shape=ir.Shape(list(shape)), type=ir.TensorType(dtype))
     value.const_value = ir.LazyTensor(lambda: ir.tensor(compute(), name=name), dtype=dtype,
                                       shape=ir.Shape(list(shape)), name=name)
@@ -144,8 +157,10 @@ def _initializer(graph, name: str, shape, dtype, compute):
 
 
 def _retire(graph, site: WeightSite) -> None:
-    for node in [site.node, *site.dropped]:
-        graph.remove(node, safe=True)
+    graph.remove(site.node, safe=True)
+    for node in site.dropped:  # a transposed weight another MatMul still reads stays until that one goes
+        if not any(out.uses() for out in node.outputs):
+            graph.remove(node, safe=True)
     if not site.weight.uses():
         graph.initializers.pop(site.weight.name)
 
@@ -191,12 +206,14 @@ def to_int4_qdq(graph, block_size: int) -> list[str]:
         def quantized(site=site, block=block):
             return memo.get(site.weight.name, lambda: int4_qdq_blocks(_weight_kn(site), block))
 
-        weight = ir.Value(name=f"{base}_DQ_Q4", shape=ir.Shape([k, n]), type=ir.TensorType(ir.DataType.INT4))
-        weight.const_value = ir.LazyTensor(
-            lambda q=quantized, name=weight.name, shape=(k, n): ir.PackedTensor(q()[0], ir.DataType.INT4,
-                                                                                shape=list(shape), name=name),
-            dtype=ir.DataType.INT4, shape=ir.Shape([k, n]), name=weight.name)
-        graph.register_initializer(weight)
+        weight = graph.initializers.get(f"{base}_DQ_Q4")
+        if weight is None:
+            weight = ir.Value(name=f"{base}_DQ_Q4", shape=ir.Shape([k, n]), type=ir.TensorType(ir.DataType.INT4))
+            weight.const_value = ir.LazyTensor(
+                lambda q=quantized, name=weight.name, shape=(k, n): ir.PackedTensor(q()[0], ir.DataType.INT4,
+                                                                                    shape=list(shape), name=name),
+                dtype=ir.DataType.INT4, shape=ir.Shape([k, n]), name=weight.name)
+            graph.register_initializer(weight)
         scales = _initializer(graph, f"{base}_DQ_scales", (k_blocks, n), scale_dtype,
                               lambda q=quantized, t=scale_np: q()[1].astype(t))
         name = site.node.name or base
@@ -245,6 +262,78 @@ def to_int8_dynamic(graph) -> list[str]:
     return done
 
 
+def to_int8_qdq(graph, input_absmax) -> tuple[list[str], list[str]]:
+    """Every weight MatMul of ``graph`` whose input range ``input_absmax(weight_name)`` knows →
+    MatMul on int8 Q/DQ; (their names, the names of those left in float for want of a range)."""
+    import onnx_ir as ir
+
+    memo, done, skipped = _Memo(), [], []
+    sites = weight_sites(graph)
+    ranges: dict[str, float] = {}  # per activation tensor: max over the Linears reading it
+    for site in sites:
+        absmax = input_absmax(site.weight.name)
+        if absmax is not None:
+            ranges[site.node.inputs[0].name] = max(ranges.get(site.node.inputs[0].name, 0.0), absmax)
+    weights, activations = {}, {}
+    for site in sites:
+        x, base = site.node.inputs[0], site.weight.name
+        name = site.node.name or base
+        if x.name not in ranges:
+            skipped.append(name)
+            continue
+        if base not in weights:
+            k, n = _kn_shape(site)
+
+            def quantized(site=site):
+                return memo.get(site.weight.name, lambda: int8_per_channel(_weight_kn(site)))
+
+            weight = _initializer(graph, f"{base}_quantized", (k, n), ir.DataType.INT8, lambda q=quantized: q()[0])
+            scale = _initializer(graph, f"{base}_scale", (n,), ir.DataType.FLOAT, lambda q=quantized: q()[1])
+            zero = _initializer(graph, f"{base}_zero_point", (n,), ir.DataType.INT8,
+                                lambda n=n: np.zeros(n, dtype=np.int8))
+            dequant = ir.node("DequantizeLinear", [weight, scale, zero], attributes={"axis": 1},
+                              name=f"{base}_DequantizeLinear")
+            graph.insert_before(site.node, dequant)
+            weights[base] = dequant.outputs[0]
+        if x.name not in activations:
+            scale = _initializer(graph, f"{x.name}_scale", (), ir.DataType.FLOAT,
+                                 lambda a=ranges[x.name]: np.array(a / 127.0 if a > 0 else 1.0, dtype=np.float32))
+            zero = _initializer(graph, f"{x.name}_zero_point", (), ir.DataType.INT8,
+                                lambda: np.array(0, dtype=np.int8))
+            quant = ir.node("QuantizeLinear", [x, scale, zero], name=f"{x.name}_QuantizeLinear")
+            dequant = ir.node("DequantizeLinear", [quant.outputs[0], scale, zero], name=f"{x.name}_DequantizeLinear")
+            if x.producer() is not None:
+                graph.insert_after(x.producer(), [quant, dequant])
+            else:  # a graph input
+                first = next(iter(graph))
+                graph.insert_before(first, [quant, dequant])
+            activations[x.name] = dequant.outputs[0]
+        _swap(graph, site, ir.node("MatMul", [activations[x.name], weights[base]], name=f"{name}_quant"))
+        done.append(name)
+    return done, skipped
+
+
+def store_large_floats_as_fp16(graph, min_bytes: int = 64 * 1024) -> int:
+    """The lazy form of ``convert``'s half storage: fp32 initializers of ``min_bytes`` or more
+    that no quantizer took are stored as fp16 and cast back to fp32 in the graph."""
+    import onnx_ir as ir
+
+    first, count = next(iter(graph)), 0
+    for value in list(graph.initializers.values()):
+        if value.dtype != ir.DataType.FLOAT or value.const_value is None or value.const_value.size * 4 < min_bytes:
+            continue
+        source = value.const_value
+        half = _initializer(graph, f"{value.name}_fp16", tuple(value.shape), ir.DataType.FLOAT16,
+                            lambda t=source: t.numpy().astype(np.float16))
+        cast = ir.node("Cast", [half], attributes={"to": ir.DataType.FLOAT}, name=f"{value.name}_to_fp32")
+        cast.outputs[0].name = f"{value.name}_fp32"
+        graph.insert_before(first, cast)
+        value.replace_all_uses_with(cast.outputs[0], replace_graph_outputs=True)
+        graph.initializers.pop(value.name)
+        count += 1
+    return count
+
+
 def _swap(graph, site: WeightSite, new) -> None:
     """Put ``new`` where the site's node was and hand it the node's output uses."""
     graph.insert_before(site.node, new)
@@ -275,6 +364,15 @@ def int4_qdq_stage(model, block_size: int) -> dict:
 
     model.opset_imports[""] = max(model.opset_imports.get("", 0), INT4_QDQ_OPSET)
     return _stage(model, lambda g: to_int4_qdq(g, block_size), lambda nodes: int4_qdq_detail(block_size, nodes))
+
+
+def int8_qdq_stage(model, input_absmax) -> dict:
+    """int8's stages (TensorRT form): weight MatMuls on calibrated Q/DQ, large floats stored fp16."""
+    from .convert import int8_qdq_streamed_detail
+
+    done, skipped = to_int8_qdq(model.graph, input_absmax)
+    store_large_floats_as_fp16(model.graph)
+    return int8_qdq_streamed_detail(done, skipped)
 
 
 def int8_dynamic_stage(model) -> dict:

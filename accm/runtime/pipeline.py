@@ -66,19 +66,32 @@ def _ms(t0: float) -> float:
 class Pipeline:
     def __init__(self, bundle: str | Path, provider: str = "cpu", verify: bool = True, threads: int | None = None,
                  share_weights: bool = False):
-        self.root = Path(bundle)
-        self.manifest = load_manifest(self.root, verify=verify)
-        m = self.manifest
+        root = Path(bundle)
+        m = load_manifest(root, verify=verify)
+        shared = share_weights and shares_weights(m, provider)
+        stages = open_bundle_stages(root, m, provider, threads, shared)
+        self._setup(m, Tokenizer.from_file(str(root / m["tokenizer"])), stages, provider)
+        self.root, self.shared_weights = root, shared
+
+    @classmethod
+    def from_stages(cls, manifest: dict, tokenizer: Tokenizer, stages: dict, provider: str) -> Pipeline:
+        """A pipeline over stage runners other than a bundle's sessions (anything with
+        ``run(feeds) -> outputs``: int8 calibration runs the PyTorch stages through it)."""
+        pipe = cls.__new__(cls)
+        pipe._setup(manifest, tokenizer, stages, provider)
+        pipe.root, pipe.shared_weights = None, False
+        return pipe
+
+    def _setup(self, m: dict, tokenizer: Tokenizer, stages: dict, provider: str) -> None:
+        self.manifest = m
         self.spec = ImageSpec.from_json(m["image"])
         self.template = m["prompt_template"]
         self.tokens = m["tokens"]
         self.dims = m["model"]
         self.groups = m["pruning"]["layer_groups"]
         self.prune_points = sorted(int(k) for k in m["pruning"]["prune_points"])
-        self.tokenizer = Tokenizer.from_file(str(self.root / m["tokenizer"]))
+        self.tokenizer = tokenizer
         self.provider = provider
-        self.shared_weights = share_weights and shares_weights(m, provider)
-        stages = open_bundle_stages(self.root, m, provider, threads, self.shared_weights)
         self.vision = stages[names.VISION]
         self.embed = stages[names.EMBED]
         self.prefill = stages[names.LLM_PREFILL]
