@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", required=True)
     ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
-                    help="measure these (fp32, the baseline, always; fp16 too, the weight-size baseline)")
+                    help="measure these (and fp32, the baseline)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of the other precisions already in --json (measured in their own run)")
     args = ap.parse_args()
@@ -84,7 +84,7 @@ def main() -> None:
     rows, hits = [], {}
     fp32 = ensure_bundle(args.model, options("fp32"))
     fp32_accm = None if args.no_accm else ensure_bundle(args.model, options("fp32", args.accm_keep, True))
-    measured = [p for p in PRECISIONS if p in {"fp32", "fp16", *args.precisions}]
+    measured = [p for p in PRECISIONS if p in {"fp32", *args.precisions}]
     for prec in measured:
         bundle = ensure_bundle(args.model, options(prec))
         manifest = load_manifest(bundle)
@@ -116,19 +116,19 @@ def main() -> None:
                                                                        + c.error[:120])) for c in checks}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "stages_vs_fp32"}), flush=True)
-    base = rows[0]
-    fp16 = next(r for r in rows if r["precision"] == "fp16")
+    kept = json.loads(Path(args.json).read_text())["rows"] if args.merge and Path(args.json).exists() else []
+    kept = {r["precision"]: r for r in kept}
+    mine = {r["precision"]: r for r in rows}
+    base = mine["fp32"]
+    fp16 = mine.get("fp16") or kept["fp16"]  # the weight-size baseline (sizes are deterministic)
     for r in rows:
         r["size_vs_fp32"] = r["bundle_mb"] / base["bundle_mb"]
         r["llm_weights_vs_fp16"] = r["llm_weights_mb"] / fp16["llm_weights_mb"]
         r["decode_speedup_vs_fp32"] = base["decode_ms_per_token"] / r["decode_ms_per_token"]
         if args.n:
             r["accuracy_delta_points"] = 100 * (r["accuracy_full"] - base["accuracy_full"])
-    if args.merge and Path(args.json).exists():
-        kept = {r["precision"]: r for r in json.loads(Path(args.json).read_text())["rows"]}
-        mine = {r["precision"]: r for r in rows}
-        rows = [mine.get(p) or {**kept[p], "measured_in_an_earlier_run": True} for p in PRECISIONS
-                if p in mine or p in kept]
+    rows = [mine.get(p) or {**kept[p], "measured_in_an_earlier_run": True} for p in PRECISIONS
+            if p in mine or p in kept]
     report = {"benchmark": "precision vs fp32 (ONNX Runtime CPU)", "model": args.model or "accm-tiny",
               "machine": machine(), "n": args.n, "seed": args.seed, "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

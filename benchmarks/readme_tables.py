@@ -273,7 +273,10 @@ def _trt_checks(checks: dict | None) -> str:
 
 def export_memory(rep: dict) -> str:
     fp16 = next((r for r in rep["rows"] if r["precision"] == "fp16"), None)
-    rows = [[r["precision"], _num(r["peak_rss_gb"], ".2f") + (f", {_status(r['failed'])}" if r.get("failed") else ""),
+    def label(r):
+        return r["precision"] + (f" (`{r['export_args']}`)" if r.get("export_args") else "")
+
+    rows = [[label(r), _num(r["peak_rss_gb"], ".2f") + (f", {_status(r['failed'])}" if r.get("failed") else ""),
              _phase(r["peak_during"]), _num(r["seconds"], ".0f"), _num(r.get("bundle_gb"), ".2f"),
              _num(r.get("llm_weights_gb"), ".2f"),
              _pct(r["llm_weights_gb"] / fp16["llm_weights_gb"]) if fp16 and r.get("llm_weights_gb") else "–",
@@ -281,7 +284,7 @@ def export_memory(rep: dict) -> str:
             for r in rep["rows"]]
     head = ["precision", "peak RSS GB (process tree)", "peak during", "export s", "bundle GB", "LLM weights GB",
             "LLM weights vs fp16 %", "TensorRT-RTX (proxy)"]
-    return (f"`accm-export --model {rep['model']}` {rep.get('export_args') or ''}(vision keep 64): "
+    return (f"`accm-export --model {rep['model']}` (vision keep 64; extra arguments per row): "
             f"{rep['decoder_layers']} decoder + {rep['vision_layers']} CLIP layers, {rep['checkpoint_gb']} GB "
             f"{rep['checkpoint_dtype']} checkpoint; {_machine(rep['machine'])}, "
             f"{rep['machine'].get('memory_gb')} GiB RAM\n\n" + _table(head, rows))

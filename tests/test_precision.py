@@ -320,21 +320,25 @@ def test_int8_weights_are_quantize_statics(precision_bundles, tmp_path):
 
 
 def test_int8_calibration_streams_decoder_layers_and_sees_what_the_whole_model_sees(tmp_path):
-    """Calibration holds at most two decoder layers' weights at a time, and records the same
-    activation ranges as the same pipeline on the fully loaded Hugging Face model."""
+    """Calibration holds at most two decoder layers' weights at a time, records the same
+    activation ranges as the same pipeline on the fully loaded Hugging Face model, and leaves a
+    batch's padding out of them (one sample at a time gives the same ranges)."""
     import torch
 
     from accm.export import exporter
     from accm.export.streamed import StreamedExport
-    from accm.precision.calibrate import InputRanges, TorchStage, calibrate
+    from accm.precision.calibrate import InputRanges, calibrate, torch_pipeline
     from accm.precision.data import builtin_samples
     from accm.precision.record import run_samples
-    from accm.runtime.pipeline import Pipeline
 
     model, proc = random_llava(num_layers=4, seed=31)
+    with torch.no_grad():  # padding that would stand out in any range it leaked into
+        model.get_input_embeddings().weight[proc.tokenizer.pad_token_id] = 50.0
     loaded = loaded_model(model.float().eval(), proc, tmp_path / "model")
     config = ExportConfig(precision="int8", vision_keep=64, schedule=Schedule.parse("fastv:2:32"))
-    samples = builtin_samples(3)
+    samples = builtin_samples(4)
+    lengths = {len(proc.tokenizer(prompt).input_ids) for _, prompt in samples}
+    assert len(lengths) > 1  # prompts of different lengths: batches are left-padded
 
     def stages_on(lm):
         return exporter.core_jobs(lm, exporter.plan_export(lm, config))
@@ -342,13 +346,16 @@ def test_int8_calibration_streams_decoder_layers_and_sees_what_the_whole_model_s
     streamer = StreamedExport.open(None, loaded, torch.float32)
     plan = exporter.plan_export(streamer.loaded, config)
     info = exporter.bundle_info(streamer.loaded, plan, config, exporter.stage_table(stages_on(streamer.loaded)), None)
-    streamed = calibrate(streamer, stages_on, info, samples, progress=False)
+    streamed = calibrate(streamer, stages_on, info, samples, progress=False, batch=4)
     assert streamed.peak_layers == 2
 
-    whole = InputRanges(loaded.model)
-    runners = {job.stage: TorchStage(job.module, job.inputs, job.outputs) for job in stages_on(loaded)}
-    tokenizer = __import__("tokenizers").Tokenizer.from_str(proc.tokenizer.backend_tokenizer.to_str())
-    run_samples(Pipeline.from_stages(info, tokenizer, runners, "torch"), samples, progress=False)
-    assert set(streamed.absmax) == set(whole.absmax) and len(whole.absmax) > 30
-    for name, value in whole.absmax.items():
+    ranges = InputRanges(loaded.model)
+    run_samples(torch_pipeline(stages_on(loaded), info, proc, ranges), samples, progress=False, batch=4,
+                ignore_eos=True)
+    whole = ranges.absmax
+    assert set(streamed.absmax) == set(whole) and len(whole) > 30
+    for name, value in whole.items():
         assert streamed.absmax[name] == pytest.approx(value, rel=1e-5), name
+    one_by_one = calibrate(streamer, stages_on, info, samples, progress=False, batch=1).absmax
+    for name, value in one_by_one.items():
+        assert streamed.absmax[name] == pytest.approx(value, rel=1e-4), name

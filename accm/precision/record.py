@@ -29,9 +29,11 @@ def pipeline_stages(pipe: Pipeline) -> dict:
 
 
 def run_samples(pipe: Pipeline, samples: list[tuple], max_new_tokens: int = 4, progress: bool = True,
-                record: tuple[str, ...] | None = None, max_per_stage: int = 64) -> dict[str, list[dict]]:
-    """Answer every (image, prompt) sample, one at a time (no padding rows), recording the feeds
-    of the stages named in ``record`` (default: all)."""
+                record: tuple[str, ...] | None = None, max_per_stage: int = 64, batch: int = 1,
+                ignore_eos: bool = False) -> dict[str, list[dict]]:
+    """Answer every (image, prompt) sample, ``batch`` at a time, recording the feeds of the stages
+    named in ``record`` (default: all). ``ignore_eos``: every row decodes ``max_new_tokens`` of its
+    own tokens (a batch then never feeds a finished row's padding)."""
     recorded: dict[str, list] = defaultdict(list)
     for name, stage in pipeline_stages(pipe).items():
         if record is not None and name not in record:
@@ -44,8 +46,12 @@ def run_samples(pipe: Pipeline, samples: list[tuple], max_new_tokens: int = 4, p
             return _original(feeds)
 
         stage.run = run
-    for image, prompt in tqdm(samples, desc="calibrate", unit="sample", disable=not progress):
-        pipe.generate([image], [prompt], max_new_tokens)
+    with tqdm(total=len(samples), desc="calibrate", unit="sample", disable=not progress) as bar:
+        for start in range(0, len(samples), batch):
+            chunk = samples[start:start + batch]
+            pipe.generate([image for image, _ in chunk], [prompt for _, prompt in chunk], max_new_tokens,
+                          ignore_eos=ignore_eos)
+            bar.update(len(chunk))
     return dict(recorded)
 
 
