@@ -13,7 +13,6 @@ graphs' weight MatMuls.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 import torch
@@ -21,8 +20,6 @@ from torch import nn
 
 from ..bundle import names
 from ..export.streamed import CheckpointReader, WeightlessModel
-
-_WEIGHT = re.compile(r"\.weight$")
 
 
 class TorchStage:
@@ -115,7 +112,7 @@ class InputRanges:
             self.absmax[key] = max(self.absmax.get(key, 0.0), float(x.max()))
 
 
-class PrefillStage(TorchStage):
+class PrefillRunner(TorchStage):
     """The prefill runner: tells the ranges which positions are padding while it runs."""
 
     def __init__(self, module: nn.Module, inputs: list[str], outputs: list[str], ranges: InputRanges):
@@ -152,7 +149,7 @@ def torch_pipeline(jobs, manifest: dict, processor, ranges: InputRanges):
 
     from ..runtime.pipeline import Pipeline
 
-    stages = {job.stage: (PrefillStage(job.module, job.inputs, job.outputs, ranges) if job.stage == names.LLM_PREFILL
+    stages = {job.stage: (PrefillRunner(job.module, job.inputs, job.outputs, ranges) if job.stage == names.LLM_PREFILL
                           else TorchStage(job.module, job.inputs, job.outputs)) for job in jobs}
     tokenizer = Tokenizer.from_str(processor.tokenizer.backend_tokenizer.to_str())
     return Pipeline.from_stages(manifest, tokenizer, stages, provider="torch")
