@@ -130,6 +130,27 @@ def test_fp16_bundle_with_accm_opens_and_answers(tmp_path):
 
 
 @pytest.mark.slow
+def test_int8_bundle_with_accm_calibrates_the_caption_stages_on_their_pipeline_inputs(tmp_path):
+    """int8 with ACCM: the core stages are calibrated layer by layer, ACCM's modules on the inputs
+    the PyTorch pipeline fed them (captions of the discarded tokens), and the bundle answers."""
+    from accm.bundle.manifest import load_manifest
+    from accm.export.exporter import ExportConfig, export_bundle
+    from accm.runtime.pipeline import Pipeline
+
+    export_bundle("accm-tiny", tmp_path / "b", ExportConfig(precision="int8", vision_keep=18, accm=True,
+                                                            calib_samples=8), progress=False)
+    detail = load_manifest(tmp_path / "b")["precision_detail"]
+    assert detail["calibration"]["samples"] == 8
+    for stage in ("vision", "llm_prefill", "llm_decode"):
+        assert detail[stage]["quantized_nodes"] and not detail[stage]["left_float"], stage
+    for stage in ("caption_decode", "selector"):
+        assert detail[stage]["calibration_batches"] > 0 and detail[stage]["quantized_nodes"], stage
+    images, prompts = questions(4)
+    answers = Pipeline(tmp_path / "b").generate(images, prompts, 2)
+    assert all(a.caption for a in answers) and all(a.token_ids for a in answers)
+
+
+@pytest.mark.slow
 def test_fp16_bundle_prefill_agrees_with_fp32_on_real_prompts(tmp_path):
     """accm-tiny's fp16 prefill logits on recorded test prompts: same top-1, high SNR, every prompt
     (rotary angles and RMSNorm once went through fp16 and zeroed some prompts' logits)."""
