@@ -125,3 +125,49 @@ def test_streamed_export_of_a_checkpoint_missing_a_tensor_is_one_line(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no .safetensors weights" in err[0]
     assert not (tmp_path / "b").exists()
+
+
+def test_streamed_decode_borrows_the_weights_prefill_wrote(tmp_path):
+    """Written after prefill, the decode graph points its weights into prefill's data file
+    instead of quantizing and writing them again, and computes what a decode graph with its own
+    copy computes."""
+    import onnx
+
+    from accm.engines.ort import OrtStage
+    from accm.export import exporter
+    from accm.export.streamed import StreamedExport
+    from accm.precision.streamed import int8_dynamic_stage
+    from accm.pruning.schedule import Schedule
+
+    from .conftest import loaded_model, random_llava
+
+    model, proc = random_llava(seed=31)
+    loaded = loaded_model(model, proc, tmp_path / "model")
+    streamer = StreamedExport.open(None, loaded, torch.float32)
+    config = exporter.ExportConfig(precision="int8-cpu", schedule=Schedule.parse("fastv:2:32"))
+    plan = exporter.plan_export(streamer.loaded, config)
+    jobs = {job.stage: job for job in exporter.core_jobs(streamer.loaded, plan)}
+    (tmp_path / "own").mkdir()
+    (tmp_path / "borrowed").mkdir()
+    for where in ("own", "borrowed"):
+        prefill = tmp_path / where / "llm_prefill.onnx"
+        streamer.export(jobs["llm_prefill"], prefill, lambda m, s: int8_dynamic_stage(m))
+        streamer.export(jobs["llm_decode"], tmp_path / where / "llm_decode.onnx", lambda m, s: int8_dynamic_stage(m),
+                        borrow_from=prefill if where == "borrowed" else None)
+    own, borrowed = ((tmp_path / w / "llm_decode.onnx.data").stat().st_size for w in ("own", "borrowed"))
+    assert own > 100_000 and borrowed < 0.05 * own
+    graph = onnx.load(str(tmp_path / "borrowed" / "llm_decode.onnx"), load_external_data=False).graph
+    locations = {e.value for i in graph.initializer for e in i.external_data if e.key == "location"}
+    assert locations == {"llm_prefill.onnx.data"}
+    a, b = (OrtStage(tmp_path / w / "llm_decode.onnx") for w in ("own", "borrowed"))
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for arg in a.session.get_inputs():  # batch 2, caches of 2 tokens, masks over them and the new one
+        shape = [2 if not isinstance(d, int) else d for d in arg.shape]
+        if "int64" in arg.type:
+            mask = arg.name != "position_ids"
+            feeds[arg.name] = np.ones([2, 3], dtype=np.int64) if mask else np.full([2, 1], 2, dtype=np.int64)
+        else:
+            feeds[arg.name] = rng.standard_normal(shape).astype(np.float32)
+    for name, x in a.run(feeds).items():
+        assert np.array_equal(x, b.run(feeds)[name]), name

@@ -280,10 +280,12 @@ def _export_streamed(name, output: Path, config: ExportConfig, overwrite: bool, 
         else (names.LLM_PREFILL, names.LLM_DECODE)
 
     def export(job, path):
+        # decode's weights are prefill's: it reads them from prefill's data file (written first)
+        borrow = path.parent / f"{names.LLM_PREFILL}.onnx" if job.stage == names.LLM_DECODE else None
         if rewrite is not None and job.stage in rewritten:
-            streamer.export(job, path, rewrite)
+            streamer.export(job, path, rewrite, borrow)
         elif half:
-            streamer.export(job, path)
+            streamer.export(job, path, borrow_from=borrow)
         else:
             streamer.export(job, scratch / path.name)
             streamer.details[job.stage] = _whole_graph(scratch / path.name, path, job.stage)

@@ -65,29 +65,29 @@ def share_weights(primary: Path, secondary: Path) -> int:
     """Point ``secondary``'s external initializers at identical ones in ``primary``'s data file.
 
     Prefill and decode carry the same decoder weights; after this the bundle stores them once.
-    Returns the bytes saved. Tensors are matched by dtype, shape and content hash.
+    Returns the bytes saved. Tensors are matched by dtype, shape and content hash; those the
+    streamed export already pointed into ``primary``'s file are left as they are, and only
+    ``primary``'s tensors of a dtype and shape still looked for are hashed.
     """
     import onnx
 
-    def index(model_path: Path):
-        model = onnx.load(str(model_path), load_external_data=False)
-        out = {}
-        for init, info in _external_initializers(model):
-            data_path = model_path.parent / info["location"]
-            with open(data_path, "rb") as f:
-                f.seek(int(info.get("offset", 0)))
-                digest = hashlib.sha256(f.read(int(info["length"]))).hexdigest()
-            out[init.name] = (init, info, digest)
-        return model, out
+    def digest(model_path: Path, info: dict) -> str:
+        with open(model_path.parent / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            return hashlib.sha256(f.read(int(info["length"]))).hexdigest()
 
-    _, prim = index(primary)
-    by_key = {(i.data_type, tuple(i.dims), d): info for i, info, d in prim.values()}
-    model, sec = index(secondary)
+    primary_model = onnx.load(str(primary), load_external_data=False)
+    primary_data = {info["location"] for _, info in _external_initializers(primary_model)}
+    model = onnx.load(str(secondary), load_external_data=False)
+    own = [(init, info) for init, info in _external_initializers(model) if info["location"] not in primary_data]
+    wanted = {(init.data_type, tuple(init.dims)) for init, _ in own}
+    by_key = {(i.data_type, tuple(i.dims), digest(primary, info)): info
+              for i, info in _external_initializers(primary_model) if (i.data_type, tuple(i.dims)) in wanted}
     own_data = secondary.parent / (secondary.name + ".data")
     kept_bytes = []
     saved = 0
-    for _, (init, info, digest) in sec.items():
-        match = by_key.get((init.data_type, tuple(init.dims), digest))
+    for init, info in own:
+        match = by_key.get((init.data_type, tuple(init.dims), digest(secondary, info)))
         if match is not None:
             _point(init, match["location"], int(match.get("offset", 0)), int(match["length"]))
             saved += int(match["length"])

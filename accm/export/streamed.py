@@ -221,11 +221,13 @@ def _quiet():
 
 def export_streamed(module: torch.nn.Module, args: tuple, path: Path, input_names: list[str],
                     output_names: list[str], dynamic_shapes, weightless: WeightlessModel,
-                    checkpoint: CheckpointReader, rewrite=None) -> dict:
+                    checkpoint: CheckpointReader, rewrite=None, borrow: dict | None = None) -> dict:
     """Trace ``module`` (built on ``weightless.model``) and write it with weights streamed from
     ``checkpoint`` into ``<path>.data``; returns the manifest's precision detail. ``rewrite(model,
     sources)`` may replace weight MatMuls while the weights are still lazy (``precision.streamed``;
-    ``sources``: initializer name → the model's names for it) and returns the detail of what it did."""
+    ``sources``: initializer name → the model's names for it) and returns the detail of what it did.
+    ``borrow`` (``written_weights`` of a graph already written next to ``path``): the weights
+    both graphs hold are not computed or written again but read from that graph's data file."""
     import onnx_ir as ir
     import onnxscript.optimizer
 
@@ -253,13 +255,60 @@ def export_streamed(module: torch.nn.Module, args: tuple, path: Path, input_name
         (path.parent / data).unlink()
     kept = sorted({n.op_type for n in model.graph if n.op_type in KEPT_FP32_OPS
                    and any(v is not None and v.dtype == ir.DataType.FLOAT for v in n.inputs)})
+    borrowed = _borrow(model.graph, borrow or {})
     ir.save(model, str(path), external_data=data, max_in_flight_bytes=256 << 20)
+    if borrowed:
+        _point_borrowed(path, borrowed)
     if rewritten is not None:
         return rewritten
     if weightless.dtype == torch.float32:
         return {"method": "fp32, weights streamed from the checkpoint"}
     return {"method": "traced in fp16, weights streamed from the checkpoint", "io": "fp32",
             "ops_kept_fp32": kept}
+
+
+#: the module every stage is traced as (``FloatIO.stage``): initializers named after its
+#: parameters hold the same values in every graph; the exporter's own constants do not
+_PARAMETER_PREFIX = "stage."
+
+
+def written_weights(path: Path) -> dict:
+    """Where each parameter-derived tensor of the graph at ``path`` lies in its data file."""
+    import onnx
+
+    from .onnx_io import _external_initializers
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {init.name: {"data_type": init.data_type, "dims": list(init.dims), **info}
+            for init, info in _external_initializers(model) if init.name.startswith(_PARAMETER_PREFIX)}
+
+
+def _borrow(graph, written: dict) -> dict:
+    """Drop the values of initializers ``written`` already holds (same name, dtype and shape)."""
+    borrowed = {}
+    for name, value in graph.initializers.items():
+        entry = written.get(name)
+        if (entry is not None and value.const_value is not None and int(value.dtype) == entry["data_type"]
+                and [int(d) for d in value.shape] == entry["dims"]):
+            value.const_value = None
+            borrowed[name] = entry
+    return borrowed
+
+
+def _point_borrowed(path: Path, borrowed: dict) -> None:
+    """Add the borrowed initializers to the saved graph as references into the other data file."""
+    import onnx
+
+    from .onnx_io import _point
+
+    model = onnx.load(str(path), load_external_data=False)
+    for name, entry in borrowed.items():
+        tensor = model.graph.initializer.add()
+        tensor.name, tensor.data_type = name, entry["data_type"]
+        tensor.dims.extend(entry["dims"])
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        _point(tensor, entry["location"], int(entry.get("offset", 0)), int(entry["length"]))
+    onnx.save(model, str(path))
 
 
 def weight_bytes(directory: Path) -> int:
@@ -308,10 +357,13 @@ class StreamedExport:
         lm = LoadedModel(source, weightless.model, processor, template_from_processor(processor))
         return cls(lm, weightless, CheckpointReader(source.path), dtype)
 
-    def export(self, job, path: Path, rewrite=None) -> None:
+    def export(self, job, path: Path, rewrite=None, borrow_from: Path | None = None) -> None:
+        """Write ``job``'s stage to ``path``; ``borrow_from``: a graph written before whose weights
+        this one shares (decode after prefill)."""
+        borrow = written_weights(borrow_from) if borrow_from is not None else None
         self.details[path.stem] = export_streamed(FloatIO(job.module, self.dtype), job.sample, path, job.inputs,
                                                   job.outputs, job.dynamic, self.weightless, self.checkpoint,
-                                                  rewrite)
+                                                  rewrite, borrow)
 
     def detail(self, path: Path) -> dict:
         return self.details[path.stem]
