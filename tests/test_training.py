@@ -37,6 +37,23 @@ def test_recipe_trains_and_resumes(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in work.glob("*.pt")} == before
     assert len(_log(work / "llm_log.jsonl")) == 2
 
+    # --init continues that result: same tokenizer and vision tower, no vision stage, the LLM
+    # stage starts at the last curriculum level
+    import torch
+
+    work2, out2 = tmp_path / "work2", tmp_path / "out2"
+    summary2 = train_base(work2, out2, recipe, init=out)
+    assert not (work2 / "vision_log.jsonl").exists() and summary2["vision"] == {"kept_from": str(out)}
+    from tokenizers import Tokenizer
+
+    vocab = [Tokenizer.from_file(str(w / "tokenizer.json")).get_vocab() for w in (work, work2)]
+    assert vocab[0] == vocab[1]
+    assert {r["level"] for r in _log(work2 / "llm_log.jsonl")} == {"full"}
+    continued = LlavaForConditionalGeneration.from_pretrained(out2)
+    before_sd, after_sd = model.state_dict(), continued.state_dict()
+    assert all(torch.equal(before_sd[k], after_sd[k]) for k in before_sd if "vision_tower" in k)
+    assert not torch.equal(before_sd["lm_head.weight"], after_sd["lm_head.weight"])
+
 
 def test_gated_schedule_holds_the_peak_until_the_gate_and_decays_a_capped_run():
     from accm.train.gate import GatedSchedule

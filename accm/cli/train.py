@@ -11,13 +11,15 @@ from ._common import Parser, run_cli
 
 
 def _base(args) -> int:
+    from ..models.registry import resolve
     from ..train.base import BaseRecipe, train_base
 
     recipe = BaseRecipe()
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(BaseRecipe)
                  if getattr(args, f.name, None) is not None}
     recipe = dataclasses.replace(recipe, **overrides)
-    summary = train_base(Path(args.work), Path(args.output), recipe)
+    init = resolve(args.init).path if args.init else None
+    summary = train_base(Path(args.work), Path(args.output), recipe, init)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -51,6 +53,9 @@ def build_parser() -> Parser:
     b = sub.add_parser("base", help="train accm-tiny from nothing (resumable)")
     b.add_argument("--work", required=True, help="work directory: pools, features, checkpoints")
     b.add_argument("--output", required=True, help="where the HF checkpoint is written")
+    b.add_argument("--init", default=None,
+                   help="continue an earlier result (directory or accm-tiny): keep its tokenizer and vision "
+                        "tower, skip the vision stage, train the LLM stage on from the last curriculum level")
     _recipe_flags(b, __import__("accm.train.base", fromlist=["BaseRecipe"]).BaseRecipe)
     b.set_defaults(func=_base)
     a = sub.add_parser("accm", help="train the ACCM caption model and selector for a LLaVA-1.5 model")

@@ -7,6 +7,10 @@ stage 2: projector + LLM on packed questions over frozen, cached features, throu
 then the result is written as a plain HF LLaVA directory (safetensors, tokenizer, processor).
 Every stage checkpoints into the work directory and resumes from it; step counts follow the
 gates, and the ``*_max_steps`` values are only safety caps.
+
+``init`` continues an earlier result instead: its tokenizer and (final) vision tower are kept,
+the vision stage is skipped, and the LLM stage restarts at the last curriculum level with a
+fresh warmup, so a model whose last gate was not reached can train on without its work directory.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from ..models import tiny
 from . import checkpoint
-from .llm_stage import default_levels, extract_features, train_llm
+from .llm_stage import FULL_BATCH_SHARE, default_levels, extract_features, train_llm
 from .pool import render_pool
 from .vision_stage import VISION_GATE, train_vision
 
@@ -39,6 +43,7 @@ class BaseRecipe:
     llm_batch: int = 16
     llm_lr: float = 1e-3
     questions_per_image: int = 8
+    full_batch_share: float = FULL_BATCH_SHARE  # last-level steps whose batch sees all 576 tokens
     # the last level's gate (val, whole scenes, 576 tokens), above the shipped model's targets
     # (test overall >= 0.90, every family >= 0.80) by a margin for the val/test difference
     final_gate_acc: float = 0.93
@@ -50,18 +55,18 @@ class BaseRecipe:
     threads: int = 0  # torch threads; 0 keeps torch's default
 
 
-def _tokenizer(work: Path, sizes: tiny.TinySizes):
+def _tokenizer(work: Path, sizes: tiny.TinySizes, init: Path | None = None):
     from tokenizers import Tokenizer
 
     path = work / "tokenizer.json"
     if path.exists():
         return Tokenizer.from_file(str(path))
-    tok = tiny.build_tokenizer(sizes)
+    tok = Tokenizer.from_file(str(init / "tokenizer.json")) if init else tiny.build_tokenizer(sizes)
     tok.save(str(path))
     return tok
 
 
-def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None) -> dict:
+def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None, init: Path | None = None) -> dict:
     from transformers import LlavaForConditionalGeneration
 
     from ..models.hf_build import llava_processor
@@ -69,28 +74,37 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None) -> di
     recipe = recipe or BaseRecipe()
     work, output = Path(work), Path(output)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
+    (work / "recipe.json").write_text(json.dumps(
+        {**dataclasses.asdict(recipe), "init": str(init) if init else None}, indent=1))
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     t0 = time.time()
-    tok = _tokenizer(work, recipe.sizes)
+    tok = _tokenizer(work, recipe.sizes, init)
     torch.manual_seed(recipe.seed)
-    model = LlavaForConditionalGeneration(tiny.build_config(tok, recipe.sizes))
+    if init:
+        model = LlavaForConditionalGeneration.from_pretrained(init, torch_dtype=torch.float32)
+    else:
+        model = LlavaForConditionalGeneration(tiny.build_config(tok, recipe.sizes))
     pool = render_pool(work / "pool", "train", recipe.n_train_scenes)
     val = render_pool(work / "pool", "val", recipe.n_val_scenes)
 
-    vision = train_vision(model, pool, val, work, recipe.vision_max_steps, recipe.vision_batch,
-                          recipe.vision_lr, recipe.seed, log_every=recipe.vision_log_every,
-                          decay_steps=recipe.vision_decay_steps, gate=VISION_GATE)
+    if init:
+        vision = {"kept_from": str(init)}
+    else:
+        vision = train_vision(model, pool, val, work, recipe.vision_max_steps, recipe.vision_batch,
+                              recipe.vision_lr, recipe.seed, log_every=recipe.vision_log_every,
+                              decay_steps=recipe.vision_decay_steps, gate=VISION_GATE)
     train_feats, train_scores = extract_features(model, pool, work / "features" / "train")
     val_feats, val_scores = extract_features(model, val, work / "features" / "val")
 
     levels = default_levels({"acc": recipe.final_gate_acc, "min_family": recipe.final_gate_min_family})
+    if init:  # the earlier run passed the curriculum; continue at its last level
+        levels = levels[-1:]
     llm = train_llm(model, tok, tiny.TEMPLATE, pool, val, work, train_feats, val_feats, train_scores,
                     val_scores, levels, max_steps=recipe.llm_max_steps, decay_steps=recipe.llm_decay_steps,
                     batch=recipe.llm_batch, lr=recipe.llm_lr, seed=recipe.seed,
                     n_questions=recipe.questions_per_image, eval_every=recipe.eval_every,
-                    n_val_scenes=recipe.eval_scenes)
+                    n_val_scenes=recipe.eval_scenes, full_batch_share=recipe.full_batch_share)
 
     output.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -98,6 +112,7 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None) -> di
     llava_processor(tok, tiny.TEMPLATE).save_pretrained(output)
     summary = {
         "recipe": dataclasses.asdict(recipe),
+        "init": str(init) if init else None,
         "vision": vision,
         "llm": llm,
         "train_seconds_this_run": round(time.time() - t0, 1),

@@ -297,7 +297,7 @@ def train_llm(model, tokenizer, template: str, pool: ScenePool, val: ScenePool, 
               train_features, val_features, train_scores, val_scores, levels: tuple[Level, ...],
               max_steps: int, decay_steps: int, batch: int, lr: float, seed: int = 0,
               n_questions: int = 8, eval_every: int = 250, n_val_scenes: int = 200,
-              name: str = "llm") -> dict:
+              name: str = "llm", full_batch_share: float = FULL_BATCH_SHARE) -> dict:
     """Train projector + LLM (vision frozen) in place through ``levels``; resumes from
     ``work/<name>.pt``. Returns the steps, when each gate was passed, and the last metrics."""
     torch.manual_seed(seed)
@@ -333,7 +333,7 @@ def train_llm(model, tokenizer, template: str, pool: ScenePool, val: ScenePool, 
         level = levels[level_idx]
         rng = np.random.default_rng([seed, 17, step])
         rows = rng.choice(pool.n, size=batch, replace=False)
-        full = level.max_objects is None and rng.random() < FULL_BATCH_SHARE
+        full = level.max_objects is None and rng.random() < full_batch_share
         pairs = [sample_item(pool, int(r), rng, n_questions, level, train_scores, full) for r in rows]
         loss, _, _ = _step_loss(model, packer, [p[0] for p in pairs], [p[1] for p in pairs], feats)
         checkpoint.optimise(opt, params, loss, schedule.lr(step))
