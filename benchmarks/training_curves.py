@@ -1,8 +1,12 @@
 """accm-tiny's training curves: per-family validation accuracy against steps, from an
-``accm-train base`` work directory's JSONL logs (and the learnability probes'), as JSON and a plot.
+``accm-train base`` work directory's JSONL logs, as JSON and a plot.
 
     python benchmarks/training_curves.py --work work/tiny2 \
         --json benchmarks/results/tiny_training_curves.json --plot accm/assets/accm-tiny/training_curves.png
+
+A run continued with ``accm-train base --init`` logs its LLM steps from 0; ``--continued WORK``
+appends them after the first run's last step (the first run's curves may come from the
+``--json`` written earlier, ``--from-json``, when its work directory is gone).
 """
 
 from __future__ import annotations
@@ -23,11 +27,24 @@ def main() -> None:
     ap.add_argument("--work", default="work/tiny2")
     ap.add_argument("--json", default="benchmarks/results/tiny_training_curves.json")
     ap.add_argument("--plot", default="accm/assets/accm-tiny/training_curves.png")
+    ap.add_argument("--from-json", default=None, help="the first run's curves, written earlier by this script")
+    ap.add_argument("--continued", default=None, help="work directory of an `accm-train base --init` run")
     args = ap.parse_args()
-    work = Path(args.work)
-    vision, llm = _read(work / "vision_log.jsonl"), _read(work / "llm_log.jsonl")
-    recipe = json.loads((work / "recipe.json").read_text()) if (work / "recipe.json").exists() else None
-    out = {"recipe": recipe, "vision": vision, "llm": llm}
+    if args.from_json:
+        out = json.loads(Path(args.from_json).read_text())
+        out.setdefault("continued", None)
+    else:
+        work = Path(args.work)
+        recipe = json.loads((work / "recipe.json").read_text()) if (work / "recipe.json").exists() else None
+        out = {"recipe": recipe, "vision": _read(work / "vision_log.jsonl"), "llm": _read(work / "llm_log.jsonl"),
+               "continued": None}
+    if args.continued:
+        work = Path(args.continued)
+        first_steps = out["llm"][-1]["step"] if out["llm"] else 0
+        out["continued"] = {"from_step": first_steps, "recipe": json.loads((work / "recipe.json").read_text()),
+                            "llm": [{**r, "run_step": r["step"], "step": first_steps + r["step"]}
+                                    for r in _read(work / "llm_log.jsonl")]}
+    vision, llm = out["vision"], out["llm"] + (out["continued"]["llm"] if out["continued"] else [])
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
 
@@ -62,11 +79,17 @@ def main() -> None:
     pts = [(r["step"], r["k18cap_acc"]) for r in llm if "k18cap_acc" in r]
     if pts:
         c.plot(*zip(*pts), "k:", lw=1, label="all, top-18 + caption")
-    passed = llm[-1].get("passed", []) if llm else []
+    passed = out["llm"][-1].get("passed", []) if out["llm"] else []
+    marks = [(p["passed_at"], f" {p['level']} gate") for p in passed]
+    if out["continued"]:
+        first = out["continued"]["from_step"]
+        marks.append((first, " continued (--init)"))
+        cont = out["continued"]["llm"]
+        marks += [(p["passed_at"] + first, f" {p['level']} gate") for p in (cont[-1].get("passed", []) if cont else [])]
     for ax in (b, c):
-        for p in passed:
-            ax.axvline(p["passed_at"], color="grey", lw=0.7, ls="--")
-            ax.text(p["passed_at"], 0.02, f" {p['level']} gate", fontsize=7, color="grey", rotation=90)
+        for step, text in marks:
+            ax.axvline(step, color="grey", lw=0.7, ls="--")
+            ax.text(step, 0.02, text, fontsize=7, color="grey", rotation=90)
         ax.set_xlabel("step")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7)
