@@ -140,7 +140,7 @@ def test_training_runs_gated_stages_and_stage1_loss_falls(tmp_path):
     loaded_model(model, proc, tmp_path / "model")
     recipe = AccmRecipe(stage1_max_steps=30, stage1_batch=4, stage1_lr=3e-3, stage2_max_steps=2, stage2_batch=2,
                         log_every=10, max_caption_tokens=8, answer_tokens=2, val_samples=6, decay_steps=2,
-                        input_tokens=64)
+                        input_tokens=64, stage1_cached_scenes=24)
     summary = train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
     import json
 
@@ -207,7 +207,8 @@ def test_training_steps_on_the_7b_standin(standin2, tmp_path):
     model, proc = standin2
     loaded_model(model, proc, tmp_path / "model")
     recipe = AccmRecipe(stage1_max_steps=2, stage1_batch=2, stage2_max_steps=1, stage2_batch=1, log_every=1,
-                        max_caption_tokens=4, answer_tokens=2, keeps=(18,), val_samples=2, decay_steps=1)
+                        max_caption_tokens=4, answer_tokens=2, keeps=(18,), val_samples=2, decay_steps=1,
+                        stage1_cached_scenes=0)
     summary = train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
     cap = CaptionModel.load(tmp_path / "out" / "caption")
     assert cap.cfg.vision_dim == 1024 and cap.cfg.vocab_size >= 32002
@@ -245,3 +246,47 @@ def test_caption_agreement_is_a_plain_bool():
     assert _same_caption("none .", "none .") is True
     assert _same_caption("none .", "c4 red star .") is False
     assert _same_caption("c4 red star .", "none .") is False
+
+
+def test_cached_stage1_batches_equal_running_the_vision_tower(tmp_path):
+    """The cached-feature path prunes the same tokens, hands the caption model the same
+    discarded features (to fp16 storage) and asks the same questions as running the tower."""
+    from accm.train.accm_data import CachedShapesCaptions, ImageCaptions, ShapesSource
+
+    model, proc = random_llava(seed=4)
+    ref = ReferencePipeline(model, proc)
+    cached = CachedShapesCaptions(model, tmp_path, "train", 6, describe_share=0.5)
+    live = ImageCaptions(ShapesSource(6, describe_share=0.5), ref)
+    rows = np.array([4, 1, 1])
+    a = cached.batch(rows, 18, np.random.default_rng(3))
+    b = live.batch(rows, 18, np.random.default_rng(3))
+    assert torch.equal(a.kept_index, b.kept_index) and torch.equal(a.discarded_index, b.discarded_index)
+    torch.testing.assert_close(a.discarded, b.discarded, atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(a.discarded_scores, b.discarded_scores, atol=1e-4, rtol=1e-3)
+    assert a.questions == b.questions
+    kept, read = a.kept_index[0].numpy(), a.discarded_index[0].numpy()
+    assert [t(kept, read) for t in a.targets[:1]] == [t(kept, read) for t in b.targets[:1]]
+
+
+def test_lookup_guide_points_a_described_cell_at_the_tokens_that_show_it():
+    from accm.train.accm import guide_loss, lookup_guide
+
+    model, proc = random_llava(seed=2)
+    tok = proc.tokenizer
+    text = "b2 red star , c4 blue circle ."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    words = [tok.decode([i]).strip() for i in ids]
+    read_cells = np.array(["", "c4", "b2", "", "c4"])
+    guides = lookup_guide(tok, ids, read_cells)
+    t_b2, t_c4 = words.index("b2"), words.index("c4")
+    want = [(t_b2 + d, [2]) for d in (-1, 0, 1)] + [(t_c4 + d, [1, 4]) for d in (-1, 0, 1)]
+    assert [(t, on.tolist()) for t, on in guides] == want
+    # attention all on the shown tokens costs nothing; spread evenly it costs log of the share
+    q_len, prefix_len, cap_len = 3, 5 + 2, len(ids)
+    length = q_len + prefix_len + cap_len
+    on_target = torch.zeros(1, 2, length, length)
+    uniform = torch.full((1, 2, length, length), 1.0 / length)
+    for t, on in guides:
+        on_target[0, 0, q_len + prefix_len + t, q_len + on] = 1.0 / len(on)
+    assert guide_loss(on_target, [guides], prefix_len, cap_len).item() == pytest.approx(0.0, abs=1e-4)
+    assert guide_loss(uniform, [guides], prefix_len, cap_len).item() > 1.0

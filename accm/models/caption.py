@@ -159,8 +159,12 @@ class CaptionModel(nn.Module):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         return embeds, mask, pos
 
-    def caption_loss(self, question_ids, prefix, caption_ids, weights: torch.Tensor | None = None):
-        """Cross-entropy of each caption (token-mean per sample, then ``weights``-weighted mean)."""
+    def caption_loss(self, question_ids, prefix, caption_ids, weights: torch.Tensor | None = None,
+                     first_layer_attention: list | None = None):
+        """Cross-entropy of each caption (token-mean per sample, then ``weights``-weighted mean).
+
+        ``first_layer_attention``: a list that receives the first LM layer's attention weights
+        ``[B, heads, L, L]`` over ``[question ; prefix ; caption]`` (eager attention for this call)."""
         embeds, mask, _ = self.prompt_embeds(question_ids, prefix)
         length = max(len(c) for c in caption_ids)
         bsz = len(caption_ids)
@@ -172,7 +176,17 @@ class CaptionModel(nn.Module):
         full = torch.cat([embeds, self.embed(cap)], 1)
         fmask = torch.cat([mask, cmask], 1)
         pos = (fmask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.lm(inputs_embeds=full, attention_mask=fmask, position_ids=pos).logits
+        if first_layer_attention is None:
+            logits = self.lm(inputs_embeds=full, attention_mask=fmask, position_ids=pos).logits
+        else:
+            hook = self.lm.transformer.h[0].attn.register_forward_hook(
+                lambda _m, _i, out: first_layer_attention.append(out[1]))
+            impl, self.lm.config._attn_implementation = self.lm.config._attn_implementation, "eager"
+            try:
+                logits = self.lm(inputs_embeds=full, attention_mask=fmask, position_ids=pos).logits
+            finally:
+                hook.remove()
+                self.lm.config._attn_implementation = impl
         start = embeds.shape[1]
         pred = logits[:, start - 1:-1]
         ce = nn.functional.cross_entropy(pred.transpose(1, 2), cap, reduction="none")

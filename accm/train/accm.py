@@ -42,6 +42,8 @@ class AccmRecipe:
     stage1_lr: float = 1e-3
     stage1_gate: float = 0.95  # val accuracy of captions that name objects that ends stage 1 early
     stage1_describe_share: float = 0.5  # ShapesVQA: share of stage 1 samples that describe every read object
+    stage1_attention_guide: float = 1.0  # ShapesVQA cached path: weight of the lookup-attention loss (0: off)
+    stage1_cached_scenes: int = 8000  # ShapesVQA: scenes rendered once with cached vision features (0: on the fly)
     stage2_max_steps: int = 1500  # a cap: stage 2 ends at its validation gate
     stage2_batch: int = 8
     caption_lr: float = 5e-5
@@ -86,9 +88,9 @@ def caption_config(lm, recipe: AccmRecipe) -> CaptionConfig:
     )
 
 
-def _batch(source, rng, size, kind):
+def _batch(source, rng, size):
     idx = rng.choice(len(source), size=size, replace=len(source) < size)
-    return [getattr(source, f"{kind}_sample")(int(i), rng) for i in idx]
+    return [source.question_sample(int(i), rng) for i in idx]
 
 
 def _caption_ids(tok, text: str, cfg: CaptionConfig) -> list[int]:
@@ -96,12 +98,12 @@ def _caption_ids(tok, text: str, cfg: CaptionConfig) -> list[int]:
     return ids if ids and ids[-1] in cfg.stop_token_ids else ids + [cfg.eos_token_id]
 
 
-def _target(target, vis, caption: CaptionModel, b: int) -> str:
+def _target(target, batch, caption: CaptionModel, b: int) -> str:
     """A caption target: a string, or (ShapesVQA) a function of the kept and the mapper-read patches."""
     if not callable(target):
         return target
-    read = caption.mapper.read_index(vis.discarded_index[b:b + 1], vis.discarded_scores[b:b + 1].float())
-    return target(vis.kept_index[b].numpy(), read[0].numpy())
+    read = caption.mapper.read_index(batch.discarded_index[b:b + 1], batch.discarded_scores[b:b + 1].float())
+    return target(batch.kept_index[b].numpy(), read[0].numpy())
 
 
 def _resume(path: Path, modules: dict, opt, schedule: GatedSchedule, gate: Plateau, patience: int):
@@ -132,37 +134,76 @@ def _same_caption(pred: str, target: str) -> bool:
     return pred.split() == target.split()
 
 
+def _resolved(batch, caption: CaptionModel):
+    """A batch with its target functions turned into strings (they depend on which tokens the
+    mapper reads, fixed by the scores, not by the caption model's weights)."""
+    return dataclasses.replace(batch, targets=[_target(t, batch, caption, b) for b, t in enumerate(batch.targets)])
+
+
 @torch.no_grad()
-def caption_accuracy(ref: ReferencePipeline, caption: CaptionModel, samples, keeps) -> dict:
-    """Greedy captions of held-out samples against their targets, per keep."""
-    comp = Compensator(caption, None, ref.processor.tokenizer)
+def caption_accuracy(caption: CaptionModel, tokenizer, batches: dict) -> dict:
+    """Greedy captions of held-out batches (``{keep: [CaptionBatch]}``) against their targets."""
+    comp = Compensator(caption, None, tokenizer)
+    caption.eval()
     out = {}
-    for keep in keeps:
-        ref.vision_keep = keep
+    for keep, chunks in batches.items():
         hits, described = [], []
-        for s in range(0, len(samples), 32):
-            chunk = samples[s:s + 32]
-            vis = ref.vision(ref.pixel_values([c[0] for c in chunk]))
-            beams = comp.candidates(vis.discarded, vis.discarded_index, vis.discarded_scores,
-                                    [c[1] for c in chunk], beams=1)
-            for b, (_, _, target) in enumerate(chunk):
-                want = _target(target, vis, caption, b)
+        for cb in chunks:
+            beams = comp.candidates(cb.discarded, cb.discarded_index, cb.discarded_scores, cb.questions, beams=1)
+            for b, want in enumerate(cb.targets):
                 hits.append(_same_caption(comp.decode(beams[b][0]), want))
                 described.append(want.strip() != NOTHING)
         out[f"caption_acc_k{keep}"] = float(np.mean(hits))
         # on targets that name objects (the rest are "none ."): what the caption adds
         named = [h for h, d in zip(hits, described) if d]
         out[f"caption_acc_named_k{keep}"] = float(np.mean(named)) if named else float("nan")
-    out["caption_acc"] = float(np.mean([out[f"caption_acc_k{k}"] for k in keeps]))
-    out["caption_acc_named"] = float(np.nanmean([out[f"caption_acc_named_k{k}"] for k in keeps]))
+    out["caption_acc"] = float(np.mean([out[f"caption_acc_k{k}"] for k in batches]))
+    out["caption_acc_named"] = float(np.nanmean([out[f"caption_acc_named_k{k}"] for k in batches]))
     caption.train()
     return out
 
 
-def train_stage1(lm, caption: CaptionModel, source, val, recipe: AccmRecipe, work: Path) -> dict:
-    """Caption pretraining until the val caption accuracy reaches ``stage1_gate`` or plateaus."""
-    tok = lm.processor.tokenizer
-    ref = ReferencePipeline(lm.model, lm.processor, template=lm.template)
+def lookup_guide(tokenizer, caption_ids: list[int], read_cells: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Where a caption's lookups should look: for each described object (``cell colour shape``),
+    the caption positions that predict its cell, its colour and its shape (position −1 is the
+    last prefix token, which predicts the first caption token) and the read tokens that show it.
+    ``read_cells``: the object cell under each read token."""
+    from ..data.shapes import CELL_NAMES
+
+    words = [tokenizer.decode([i]).strip() for i in caption_ids]
+    out = []
+    for t, word in enumerate(words[:-2]):
+        if word in CELL_NAMES and (on := np.flatnonzero(read_cells == word)).size:
+            out += [(t - 1, on), (t, on), (t + 1, on)]
+    return out
+
+
+def guide_loss(attention: torch.Tensor, guides, prefix_len: int, caption_len: int) -> torch.Tensor:
+    """−log of the attention mass the first LM layer's first head puts on the tokens that show the
+    object a caption token looks up (``lookup_guide``), averaged over the guided positions: a
+    direct signal for the one-hop lookup the caption loss alone was slow to form (see the model card)."""
+    length = attention.shape[-1]
+    start = length - caption_len  # the first caption input; the read tokens are the prefix's first ones
+    first_read = start - prefix_len
+    terms = [torch.log(attention[b, 0, start + t, first_read + on].sum() + 1e-6)
+             for b, rows in enumerate(guides) for t, on in rows]
+    return -torch.stack(terms).mean() if terms else attention.new_zeros(())
+
+
+def val_batches(data, caption: CaptionModel, recipe: AccmRecipe) -> dict:
+    """The same held-out scenes and questions at every keep, targets resolved, in chunks of 32."""
+    n = min(recipe.val_samples, len(data))
+    out = {}
+    for keep in recipe.keeps:
+        rng = np.random.default_rng([recipe.seed, 7])
+        out[keep] = [_resolved(data.batch(np.arange(s, min(s + 32, n)), keep, rng), caption) for s in range(0, n, 32)]
+    return out
+
+
+def train_stage1(caption: CaptionModel, tokenizer, data, val, recipe: AccmRecipe, work: Path) -> dict:
+    """Caption pretraining until the val caption accuracy reaches ``stage1_gate`` or plateaus.
+
+    ``data``/``val``: ``accm_data.ImageCaptions`` or ``CachedShapesCaptions``."""
     params = list(caption.parameters())
     opt = torch.optim.AdamW(params, lr=recipe.stage1_lr, weight_decay=0.01)
     schedule = GatedSchedule(recipe.stage1_lr, 100, recipe.decay_steps, recipe.stage1_max_steps)
@@ -171,27 +212,32 @@ def train_stage1(lm, caption: CaptionModel, source, val, recipe: AccmRecipe, wor
     gate = Plateau(recipe.stage1_gate, recipe.patience, floor=0.0)
     path = work / "stage1.pt"
     step, gate = _resume(path, {"caption": caption}, opt, schedule, gate, recipe.patience)
-    rng0 = np.random.default_rng([recipe.seed, 7])
-    val_samples = [val.caption_sample(int(i), rng0) for i in range(min(recipe.val_samples, len(val)))]
+    held = val_batches(val, caption, recipe)
     bar = tqdm(initial=step, total=recipe.stage1_max_steps, desc="accm stage 1 (captions)", unit="step")
     t0 = time.time()
     caption.train()
     metrics: dict = {}
     while not schedule.done(step):
         rng = np.random.default_rng([recipe.seed, 101, step])
-        batch = _batch(source, rng, recipe.stage1_batch, "caption")
-        ref.vision_keep = recipe.keeps[step % len(recipe.keeps)]
-        vis = ref.vision(ref.pixel_values([b[0] for b in batch]))
-        prefix = caption.mapper(vis.discarded.float(), vis.discarded_index, vis.discarded_scores.float())
-        qids = [tok(q, add_special_tokens=True)["input_ids"] for _, q, _ in batch]
-        targets = [_target(c, vis, caption, b) for b, (_, _, c) in enumerate(batch)]
-        loss = caption.caption_loss(qids, prefix, [_caption_ids(tok, c, caption.cfg) for c in targets])
+        rows = rng.choice(len(data), size=recipe.stage1_batch, replace=len(data) < recipe.stage1_batch)
+        cb = _resolved(data.batch(rows, recipe.keeps[step % len(recipe.keeps)], rng), caption)
+        prefix = caption.mapper(cb.discarded, cb.discarded_index, cb.discarded_scores)
+        qids = [tokenizer(q, add_special_tokens=True)["input_ids"] for q in cb.questions]
+        cap_ids = [_caption_ids(tokenizer, c, caption.cfg) for c in cb.targets]
+        guided = recipe.stage1_attention_guide > 0 and cb.patch_cells is not None
+        attention: list = []
+        loss = caption.caption_loss(qids, prefix, cap_ids, first_layer_attention=attention if guided else None)
+        if guided:
+            read = caption.mapper.read_index(cb.discarded_index, cb.discarded_scores)
+            guides = [lookup_guide(tokenizer, ids, cb.patch_cells[b][read[b].numpy()]) for b, ids in enumerate(cap_ids)]
+            loss = loss + recipe.stage1_attention_guide * guide_loss(attention[0], guides, prefix.shape[1],
+                                                                      max(len(c) for c in cap_ids))
         checkpoint.optimise(opt, params, loss, schedule.lr(step))
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % recipe.log_every == 0 or schedule.done(step):
-            metrics = caption_accuracy(ref, caption, val_samples, recipe.keeps)
+            metrics = caption_accuracy(caption, tokenizer, held)
             if schedule.passed_at is None and gate.update(metrics["caption_acc_named"]):
                 schedule.pass_gate(step)
             _log(work / "stage1_log.jsonl", {"step": step, "loss": float(loss), **metrics, "lr": schedule.lr(step),
@@ -305,7 +351,7 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
     stats: list[dict] = []
     while not schedule.done(step):
         rng = np.random.default_rng([recipe.seed, 202, step])
-        batch = _batch(source, rng, recipe.stage2_batch, "question")
+        batch = _batch(source, rng, recipe.stage2_batch)
         images, questions = [b[0] for b in batch], [b[1] for b in batch]
         pruned.vision_keep = recipe.keeps[step % len(recipe.keeps)]
         caption.eval()
@@ -375,6 +421,22 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
     return {"steps": step, "gate_passed_at": schedule.passed_at, **metrics}
 
 
+def _stage1_data(lm, captions, recipe: AccmRecipe, work: Path):
+    """(train, val) stage 1 batches: the user's captions through the vision tower each step, or
+    ShapesVQA's (cached features when ``stage1_cached_scenes`` is set)."""
+    from .accm_data import CachedShapesCaptions, ImageCaptions, ShapesSource, held_out
+
+    ref = ReferencePipeline(lm.model, lm.processor, template=lm.template)
+    if captions is not None:
+        return tuple(ImageCaptions(s, ref) for s in held_out(captions))
+    if recipe.stage1_cached_scenes:
+        share = recipe.stage1_describe_share
+        return (CachedShapesCaptions(lm.model, work, "train", recipe.stage1_cached_scenes, share),
+                CachedShapesCaptions(lm.model, work, "val", min(recipe.val_samples, 400)))
+    return (ImageCaptions(ShapesSource(describe_share=recipe.stage1_describe_share), ref),
+            ImageCaptions(ShapesSource(400, "val"), ref))
+
+
 def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe | None = None,
                questions=None, captions=None) -> dict:
     """Train both modules for ``model`` and write them to ``output`` (``caption/``, ``selector/``).
@@ -394,10 +456,8 @@ def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe |
     lm = load_llava(model)
     lm.model.requires_grad_(False)
     caption = CaptionModel(caption_config(lm, recipe))
-    shapes_captions = (ShapesSource(describe_share=recipe.stage1_describe_share), ShapesSource(400, "val"))
-    cap_train, cap_val = held_out(captions) if captions is not None else shapes_captions
     q_train, q_val = held_out(questions) if questions is not None else (ShapesSource(), ShapesSource(400, "val"))
-    stage1 = train_stage1(lm, caption, cap_train, cap_val, recipe, work)
+    stage1 = train_stage1(caption, lm.processor.tokenizer, *_stage1_data(lm, captions, recipe, work), recipe, work)
     selector = Selector.from_caption_lm(caption.lm, recipe.selector_hidden, recipe.selector_layers,
                                         recipe.selector_heads)
     comp = Compensator(caption, selector, lm.processor.tokenizer)

@@ -9,12 +9,30 @@ in stage 2: an ``answer`` field, if present, is ignored.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data import shapes
 from ..inputs import jsonl_rows, load_image
+from ..pruning.select import select_tokens
+from ..pruning.vision import complement, gather_rows
+
+
+@dataclasses.dataclass
+class CaptionBatch:
+    """Stage 1 inputs: what vision-side pruning to ``keep`` tokens discards, the questions, and the
+    caption targets (strings, or ShapesVQA's functions of the kept and the mapper-read patches)."""
+
+    kept_index: torch.Tensor
+    discarded: torch.Tensor
+    discarded_index: torch.Tensor
+    discarded_scores: torch.Tensor
+    questions: list[str]
+    targets: list
+    patch_cells: list | None = None  # ShapesVQA: per sample, the cell name of the object on each patch ("" none)
 
 
 class ShapesSource:
@@ -38,27 +56,81 @@ class ShapesSource:
 
     def caption_sample(self, i: int, rng: np.random.Generator):
         scene = shapes.render_scene(self.split, i)
-        q = _random_question(scene, rng)
-        describe = rng.random() < self.describe_share
-
-        def target(kept_index, read_index) -> str:
-            seen = shapes.objects_touched(scene.objects, scene.patch_object, kept_index)
-            read = shapes.objects_touched(scene.objects, scene.patch_object, read_index)
-            shown = [o for o in read if o not in seen]
-            return shapes.describe_objects(shown if describe else shapes.relevant_objects(q.key, shown))
-
-        return scene.pil(), shapes.DESCRIBE if describe else q.question, target
+        question, target = _caption_question(scene.objects, scene.patch_object, self.describe_share, rng)
+        return scene.pil(), question, target
 
     def question_sample(self, i: int, rng: np.random.Generator):
         scene = shapes.render_scene(self.split, i)
-        return scene.pil(), _random_question(scene, rng).question
+        return scene.pil(), _random_question(scene.objects, rng).question
 
 
-def _random_question(scene, rng) -> shapes.Question:
+def _random_question(objects, rng) -> shapes.Question:
     family = shapes.FAMILIES[int(rng.integers(len(shapes.FAMILIES)))]
-    while (q := shapes.ask(scene.objects, family, rng)) is None:  # None only for a count above 12
+    while (q := shapes.ask(objects, family, rng)) is None:  # None only for a count above 12
         pass
     return q
+
+
+def _caption_question(objects, patch_object, describe_share: float, rng):
+    """A stage 1 question and its caption target ``target(kept_index, read_index)``: the discarded
+    objects the question needs among those the mapper reads (``describe_share``: all of them)."""
+    q = _random_question(objects, rng)
+    describe = rng.random() < describe_share
+
+    def target(kept_index, read_index) -> str:
+        seen = shapes.objects_touched(objects, patch_object, kept_index)
+        read = shapes.objects_touched(objects, patch_object, read_index)
+        shown = [o for o in read if o not in seen]
+        return shapes.describe_objects(shown if describe else shapes.relevant_objects(q.key, shown))
+
+    return (shapes.DESCRIBE if describe else q.question), target
+
+
+class ImageCaptions:
+    """Stage 1 batches from an image source: each step runs the VLM's vision tower (``ref``)."""
+
+    def __init__(self, source, ref):
+        self.source, self.ref = source, ref
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batch(self, rows, keep: int, rng: np.random.Generator) -> CaptionBatch:
+        samples = [self.source.caption_sample(int(i), rng) for i in rows]
+        self.ref.vision_keep = keep
+        vis = self.ref.vision(self.ref.pixel_values([s[0] for s in samples]))
+        return CaptionBatch(vis.kept_index, vis.discarded.float(), vis.discarded_index, vis.discarded_scores.float(),
+                            [s[1] for s in samples], [s[2] for s in samples])
+
+
+class CachedShapesCaptions:
+    """Stage 1 batches from ShapesVQA scenes rendered once, with the frozen vision tower's features
+    and CLS scores cached (fp16; ``accm.train.llm_stage.extract_features``): a step then costs only
+    the caption model, about a tenth of running the tower, so stage 1 can run to its gate. Pruning
+    is the same ``select_tokens`` on the same scores the pipeline uses."""
+
+    def __init__(self, model, root: Path, split: str, n_scenes: int, describe_share: float = 0.0):
+        from .llm_stage import extract_features
+        from .pool import render_pool
+
+        self.pool = render_pool(Path(root) / "pool", split, n_scenes)
+        self.features, self.scores = extract_features(model, self.pool, Path(root) / "features" / split)
+        self.describe_share = describe_share
+
+    def __len__(self) -> int:
+        return self.pool.n
+
+    def batch(self, rows, keep: int, rng: np.random.Generator) -> CaptionBatch:
+        rows = np.asarray(rows, dtype=np.int64)
+        feats = torch.from_numpy(np.stack([self.features[r] for r in rows]).astype(np.float32))
+        scores = torch.from_numpy(np.asarray(self.scores[rows], dtype=np.float32))
+        kept = select_tokens(scores, keep)
+        discarded_index = complement(kept, scores.shape[1])
+        questions, targets = zip(*(_caption_question(self.pool.objects[r], self.pool.patch_object[r],
+                                                     self.describe_share, rng) for r in rows))
+        cells = [np.array([""] + [o.cell for o in self.pool.objects[r]])[self.pool.patch_object[r] + 1] for r in rows]
+        return CaptionBatch(kept, gather_rows(feats, discarded_index), discarded_index,
+                            torch.gather(scores, 1, discarded_index), list(questions), list(targets), cells)
 
 
 class JsonlSource:
