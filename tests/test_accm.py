@@ -140,7 +140,7 @@ def test_training_runs_gated_stages_and_stage1_loss_falls(tmp_path):
     loaded_model(model, proc, tmp_path / "model")
     recipe = AccmRecipe(stage1_max_steps=30, stage1_batch=4, stage1_lr=3e-3, stage2_max_steps=2, stage2_batch=2,
                         log_every=10, max_caption_tokens=8, answer_tokens=2, val_samples=6, decay_steps=2,
-                        input_tokens=64, stage1_cached_scenes=24)
+                        input_tokens=64, prefix_all_tokens=1, stage1_cached_scenes=24)
     summary = train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
     import json
 
@@ -268,25 +268,30 @@ def test_cached_stage1_batches_equal_running_the_vision_tower(tmp_path):
     assert [t(kept, read) for t in a.targets[:1]] == [t(kept, read) for t in b.targets[:1]]
 
 
-def test_lookup_guide_points_a_described_cell_at_the_tokens_that_show_it():
-    from accm.train.accm import guide_loss, lookup_guide
+def test_lookup_guides_teach_the_two_hop_lookup_of_a_question_aware_caption():
+    from accm.train.accm import Layout, guide_loss, lookup_guides
 
     model, proc = random_llava(seed=2)
     tok = proc.tokenizer
-    text = "b2 red star , c4 blue circle ."
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    words = [tok.decode([i]).strip() for i in ids]
-    read_cells = np.array(["", "c4", "b2", "", "c4"])
-    guides = lookup_guide(tok, ids, read_cells)
-    t_b2, t_c4 = words.index("b2"), words.index("c4")
-    want = [(t_b2 + d, [2]) for d in (-1, 0, 1)] + [(t_c4 + d, [1, 4]) for d in (-1, 0, 1)]
-    assert [(t, on.tolist()) for t, on in guides] == want
-    # attention all on the shown tokens costs nothing; spread evenly it costs log of the share
-    q_len, prefix_len, cap_len = 3, 5 + 2, len(ids)
-    length = q_len + prefix_len + cap_len
-    on_target = torch.zeros(1, 2, length, length)
-    uniform = torch.full((1, 2, length, length), 1.0 / length)
-    for t, on in guides:
-        on_target[0, 0, q_len + prefix_len + t, q_len + on] = 1.0 / len(on)
-    assert guide_loss(on_target, [guides], prefix_len, cap_len).item() == pytest.approx(0.0, abs=1e-4)
-    assert guide_loss(uniform, [guides], prefix_len, cap_len).item() > 1.0
+    question = tok("how many red objects are there ?")["input_ids"]
+    caption = tok("b2 red star , c4 red circle .", add_special_tokens=False)["input_ids"]
+    q_words = [tok.decode([i]).strip() for i in question]
+    c_words = [tok.decode([i]).strip() for i in caption]
+    read_cells = np.array(["", "c4", "b2", "", "c4"])  # the read tokens: b2's object on one, c4's on two
+    layout = Layout(question_len=len(question) + 2, prefix_len=5 + 3, caption_len=len(caption))
+    guides = lookup_guides(tok, question, caption, read_cells, layout)
+    start, read_at = layout.caption_start, layout.question_len
+    asked = [{layout.question_len - len(question) + q_words.index("red")}]
+    assert [set(k.tolist()) for layer, head, _, k in guides if (layer, head) == (0, 1)] == asked * len(caption)
+    t_b2, t_c4 = c_words.index("b2"), c_words.index("c4")
+    picks = {(layer, head, q - start): sorted(k - read_at) for layer, head, q, k in guides if (layer, head) != (0, 1)}
+    assert picks == {(1, 0, t_b2 - 1): [2], (0, 0, t_b2): [2], (0, 0, t_b2 + 1): [2],
+                     (1, 0, t_c4 - 1): [1, 4], (0, 0, t_c4): [1, 4], (0, 0, t_c4 + 1): [1, 4]}
+    # attention all on the keys costs nothing; spread evenly it costs log of the share
+    length = layout.caption_start + layout.caption_len
+    on_keys = [torch.zeros(1, 2, length, length) for _ in range(2)]
+    for layer, head, q, k in guides:
+        on_keys[layer][0, head, q, k] = 1.0 / len(k)
+    uniform = [torch.full((1, 2, length, length), 1.0 / length) for _ in range(2)]
+    assert guide_loss(on_keys, [guides]).item() == pytest.approx(0.0, abs=1e-4)
+    assert guide_loss(uniform, [guides]).item() > 1.0

@@ -159,12 +159,12 @@ class CaptionModel(nn.Module):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         return embeds, mask, pos
 
-    def caption_loss(self, question_ids, prefix, caption_ids, weights: torch.Tensor | None = None,
-                     first_layer_attention: list | None = None):
-        """Cross-entropy of each caption (token-mean per sample, then ``weights``-weighted mean).
+    def caption_logits(self, question_ids, prefix, caption_ids, attention: list | None = None):
+        """Teacher-forced ``(logits [B, T, V], targets [B, T], mask [B, T])``: the logits that
+        predict each caption token, the caption right-padded to its longest.
 
-        ``first_layer_attention``: a list that receives the first LM layer's attention weights
-        ``[B, heads, L, L]`` over ``[question ; prefix ; caption]`` (eager attention for this call)."""
+        ``attention``: a list that receives each LM layer's attention weights ``[B, heads, L, L]``
+        over ``[question ; prefix ; caption]``, in layer order (eager attention for this call)."""
         embeds, mask, _ = self.prompt_embeds(question_ids, prefix)
         length = max(len(c) for c in caption_ids)
         bsz = len(caption_ids)
@@ -176,19 +176,26 @@ class CaptionModel(nn.Module):
         full = torch.cat([embeds, self.embed(cap)], 1)
         fmask = torch.cat([mask, cmask], 1)
         pos = (fmask.cumsum(-1) - 1).clamp(min=0)
-        if first_layer_attention is None:
+        if attention is None:
             logits = self.lm(inputs_embeds=full, attention_mask=fmask, position_ids=pos).logits
         else:
-            hook = self.lm.transformer.h[0].attn.register_forward_hook(
-                lambda _m, _i, out: first_layer_attention.append(out[1]))
+            hooks = [block.attn.register_forward_hook(lambda _m, _i, out: attention.append(out[1]))
+                     for block in self.lm.transformer.h]
             impl, self.lm.config._attn_implementation = self.lm.config._attn_implementation, "eager"
             try:
                 logits = self.lm(inputs_embeds=full, attention_mask=fmask, position_ids=pos).logits
             finally:
-                hook.remove()
+                for hook in hooks:
+                    hook.remove()
                 self.lm.config._attn_implementation = impl
         start = embeds.shape[1]
-        pred = logits[:, start - 1:-1]
+        return logits[:, start - 1:-1], cap, cmask
+
+    def caption_loss(self, question_ids, prefix, caption_ids, weights: torch.Tensor | None = None,
+                     attention: list | None = None):
+        """Cross-entropy of each caption (token-mean per sample, then ``weights``-weighted mean);
+        ``attention`` as in ``caption_logits``."""
+        pred, cap, cmask = self.caption_logits(question_ids, prefix, caption_ids, attention)
         ce = nn.functional.cross_entropy(pred.transpose(1, 2), cap, reduction="none")
         per = (ce * cmask).sum(1) / cmask.sum(1).clamp(min=1)
         if weights is None:
