@@ -12,3 +12,21 @@ def test_export_config_from_options_and_back():
     assert config.schedule == Schedule.parse("fastv:2:9")
     assert config.options() == options
     assert ExportConfig.from_options(config.options()) == config
+
+
+def test_default_bundle_of_retrained_accm_modules_is_a_new_cache_entry(tmp_path):
+    """A cached ACCM bundle embeds the caption model and selector: retraining them must not
+    reuse it; bundles without ACCM keep their key."""
+    from accm.export.default import default_bundle_path
+
+    model = tmp_path / "m"
+    (model / "accm" / "caption").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights")
+    weights = model / "accm" / "caption" / "caption.safetensors"
+    weights.write_bytes(b"v1")
+    with_accm, plain = default_options("fp32", 18, accm=True), default_options("fp32", 18)
+    before = default_bundle_path(str(model), with_accm), default_bundle_path(str(model), plain)
+    weights.write_bytes(b"v2")
+    after = default_bundle_path(str(model), with_accm), default_bundle_path(str(model), plain)
+    assert after[0] != before[0] and after[1] == before[1]

@@ -6,6 +6,7 @@ built, so ``accm-run`` on a cached bundle never imports torch.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from ..bundle.cache import bundle_path
@@ -28,9 +29,20 @@ def default_options(precision: str = "fp32", vision_keep: int | None = None, sch
     return {**options, **overrides}
 
 
-def ensure_bundle(model: str | None, options: dict, progress: bool = True) -> Path:
+def default_bundle_path(model: str | None, options: dict) -> Path:
+    """The cache directory of a default bundle: keyed by the checkpoint, the ACCM modules it
+    embeds (if any) and the options."""
     source = resolve(model)
-    path = bundle_path(source, checkpoint_digest(source.path), options)
+    digest = checkpoint_digest(source.path)
+    if options.get("accm"):  # the bundle embeds the ACCM modules: retrained ones need a new bundle
+        accm_dir = Path(options.get("accm_dir") or Path(source.path) / "accm")
+        if accm_dir.is_dir():
+            digest = hashlib.sha256((digest + checkpoint_digest(accm_dir, recursive=True)).encode()).hexdigest()
+    return bundle_path(source, digest, options)
+
+
+def ensure_bundle(model: str | None, options: dict, progress: bool = True) -> Path:
+    path = default_bundle_path(model, options)
     if current_format(path):  # an older format in the cache is exported again
         return path
     try:

@@ -74,13 +74,18 @@ def _hf_cache_lookup(repo_id: str) -> Path | None:
     return path if (path / "config.json").exists() else None
 
 
-def checkpoint_digest(path: Path) -> str:
-    """sha256 over a checkpoint's config and weight files (names and contents)."""
+def checkpoint_digest(path: Path, recursive: bool = False) -> str:
+    """sha256 over a checkpoint's config and weight files (names and contents); ``recursive``:
+    every ``.json``/weight file under ``path`` (the ACCM modules' configs and weights)."""
     h = hashlib.sha256()
-    files = sorted(p for p in Path(path).iterdir()
-                   if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
+    if recursive:
+        files = sorted(p for p in Path(path).rglob("*")
+                       if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
+    else:
+        files = sorted(p for p in Path(path).iterdir()
+                       if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
     for p in files:
-        h.update(p.name.encode() + b"\0")
+        h.update(str(p.relative_to(path)).encode() + b"\0")
         with open(p, "rb") as f:
             while block := f.read(1 << 22):
                 h.update(block)
