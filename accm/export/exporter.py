@@ -358,7 +358,9 @@ def accm_jobs(comp, n_discarded: int, batch, vision_dim: int) -> list[TraceJob]:
          decode.input_names(), decode.output_names(),
          ({0: batch, 1: new}, {0: batch, 1: new}, {0: batch, 1: past}, {0: batch, 1: new},
           tuple({0: batch, 2: past} for _ in kv))),
-        (names.SELECTOR, selector, (torch.ones(2, 3, 9, dtype=torch.long), torch.ones(2, 3, 9, dtype=torch.long)),
+        # M candidates = the caption model's beams (one fixed size per bundle; the runtime sends exactly that)
+        (names.SELECTOR, selector, (torch.ones(2, cfg.beams, 9, dtype=torch.long),
+                                    torch.ones(2, cfg.beams, 9, dtype=torch.long)),
          [names.INPUT_IDS, names.ATTENTION_MASK], [names.PROBS], ({0: batch, 2: length}, {0: batch, 2: length})),
     ]
     return [TraceJob(*job) for job in jobs]
