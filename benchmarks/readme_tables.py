@@ -111,7 +111,8 @@ def accm(rep: dict) -> str:
     a = rep.get("accm", {})
     return (f"{rep['model']}, ShapesVQA v2 test, n = {rep['n']} (seed {rep['seed']}), 95 % intervals (Wilson; "
             f"paired for differences; bootstrap for the recovered share); mapper input: "
-            f"{a.get('mapper_input_tokens') or 'all'} discarded tokens; {_machine(rep['machine'])}\n\n"
+            f"{a.get('mapper_input_tokens') or 'all'} discarded tokens; {a.get('beams', '?')} beams; "
+            f"{_machine(rep['machine'])}\n\n"
             + _table(head, rows))
 
 
