@@ -176,18 +176,17 @@ class CaptionModel(nn.Module):
         full = torch.cat([embeds, self.embed(cap)], 1)
         fmask = torch.cat([mask, cmask], 1)
         pos = (fmask.cumsum(-1) - 1).clamp(min=0)
-        if attention is None:
-            logits = self.lm(inputs_embeds=full, attention_mask=fmask, position_ids=pos).logits
-        else:
+        hooks, impl = [], self.lm.config._attn_implementation
+        if attention is not None:  # eager attention returns the weights; sdpa does not
             hooks = [block.attn.register_forward_hook(lambda _m, _i, out: attention.append(out[1]))
                      for block in self.lm.transformer.h]
-            impl, self.lm.config._attn_implementation = self.lm.config._attn_implementation, "eager"
-            try:
-                logits = self.lm(inputs_embeds=full, attention_mask=fmask, position_ids=pos).logits
-            finally:
-                for hook in hooks:
-                    hook.remove()
-                self.lm.config._attn_implementation = impl
+            self.lm.config._attn_implementation = "eager"
+        try:
+            logits = self.lm(inputs_embeds=full, attention_mask=fmask, position_ids=pos).logits
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.lm.config._attn_implementation = impl
         start = embeds.shape[1]
         return logits[:, start - 1:-1], cap, cmask
 
