@@ -105,6 +105,8 @@ def main() -> None:
     report = {"benchmark": "ACCM compensation, ShapesVQA v2 test", "model": lm.source.name, "n": args.n,
               "seed": args.seed, "machine": machine(), "n_text_tokens": n_text,
               "accm": {"mapper_input_tokens": cfg.input_tokens, "beams": cfg.beams,
+                       "selector_text_format": comp.selector.cfg.text_format,
+                       "selector_rank_slots": comp.selector.cfg.rank_slots,
                        "caption_params": sum(p.numel() for p in comp.caption.parameters()),
                        "selector_params": sum(p.numel() for p in comp.selector.parameters())},
               "rows": rows}

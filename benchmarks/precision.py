@@ -62,6 +62,7 @@ def main() -> None:
     from accm.export.default import default_options, ensure_bundle
     from accm.measure.accuracy import BundleAnswerer, evaluate, paired_difference
     from accm.measure.latency import machine, run_isolated
+    from accm.models.registry import checkpoint_digest, resolve
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -75,13 +76,38 @@ def main() -> None:
                     help="measure these (and fp32, the baseline)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of the other precisions already in --json (measured in their own run)")
+    ap.add_argument("--accm-only", action="store_true",
+                    help="re-measure only the keep + ACCM accuracy of every row already in --json (after the "
+                         "ACCM modules were retrained); the other columns stay as measured")
     args = ap.parse_args()
 
     def options(prec, keep=None, accm=False):
         return default_options(prec, keep, accm=accm)
 
+    def accm_accuracy(prec: str, row: dict, hits: dict) -> None:
+        bundle = ensure_bundle(args.model, options(prec, args.accm_keep, True))
+        acc = evaluate(BundleAnswerer(bundle), n=args.n, seed=args.seed, progress=False, keep_hits=True)
+        hits[prec] = acc.pop("hits")
+        row[f"accuracy_{args.accm_keep}_accm"] = acc["accuracy"]
+        row[f"accuracy_{args.accm_keep}_accm_ci95"] = acc["ci95"]
+        row["accm_vs_fp32"] = paired_difference(hits[prec], hits["fp32"])
+        row["accm_modules_digest"] = checkpoint_digest(Path(resolve(args.model).path) / "accm", recursive=True)
+
+    if args.accm_only:
+        report = json.loads(Path(args.json).read_text())
+        if (report["n"], report["seed"]) != (args.n, args.seed):
+            ap.error(f"--json was measured with n={report['n']} seed={report['seed']}: pass the same")
+        accm_hits: dict = {}
+        for row in sorted(report["rows"], key=lambda r: r["precision"] != "fp32"):  # fp32 first: the baseline
+            accm_accuracy(row["precision"], row, accm_hits)
+            print(json.dumps({k: row[k] for k in ("precision", f"accuracy_{args.accm_keep}_accm", "accm_vs_fp32")}),
+                  flush=True)
+        report["accm_machine"] = machine()
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        return
+
     samples = [(shapes.render_scene(s.split, s.scene_index).pil(), s.question) for s in shapes.benchmark("test", 8, 9)]
-    rows, hits = [], {}
+    rows, hits, accm_hits = [], {}, {}
     fp32 = ensure_bundle(args.model, options("fp32"))
     fp32_accm = None if args.no_accm else ensure_bundle(args.model, options("fp32", args.accm_keep, True))
     measured = [p for p in PRECISIONS if p in {"fp32", *args.precisions}]
@@ -99,12 +125,7 @@ def main() -> None:
                        per_family_full=acc["per_family"],
                        full_vs_fp32=paired_difference(hits["full", prec], hits["full", "fp32"]))
         if fp32_accm is not None and args.n:
-            accm_bundle = ensure_bundle(args.model, options(prec, args.accm_keep, True))
-            acc = evaluate(BundleAnswerer(accm_bundle), n=args.n, seed=args.seed, progress=False, keep_hits=True)
-            hits["accm", prec] = acc.pop("hits")
-            row[f"accuracy_{args.accm_keep}_accm"] = acc["accuracy"]
-            row[f"accuracy_{args.accm_keep}_accm_ci95"] = acc["ci95"]
-            row["accm_vs_fp32"] = paired_difference(hits["accm", prec], hits["accm", "fp32"])
+            accm_accuracy(prec, row, accm_hits)
         lat = run_isolated("bundle", {"bundle": str(bundle), "provider": "cpu", "warmup": 2, "repeat": args.repeat,
                                       "new_tokens": 16, "image": None, "prompt": None})
         row["ttft_ms"] = lat["stages_ms"]["ttft"]["median"]

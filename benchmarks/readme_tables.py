@@ -112,6 +112,8 @@ def accm(rep: dict) -> str:
     return (f"{rep['model']}, ShapesVQA v2 test, n = {rep['n']} (seed {rep['seed']}), 95 % intervals (Wilson; "
             f"paired for differences; bootstrap for the recovered share); mapper input: "
             f"{a.get('mapper_input_tokens') or 'all'} discarded tokens; {a.get('beams', '?')} beams; "
+            f"selector texts: {a.get('selector_text_format', 'paper')}, "
+            f"{'beam rank known' if a.get('selector_rank_slots') else 'order-blind'}; "
             f"{_machine(rep['machine'])}\n\n"
             + _table(head, rows))
 

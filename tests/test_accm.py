@@ -72,7 +72,11 @@ def toy_compensator(tmp_path_factory):
     cap = CaptionModel(caption_config(lm, recipe))
     with torch.no_grad():
         cap.lm.lm_head.weight.mul_(30)  # peaked distributions, so beams differ
-    comp = Compensator(cap, Selector.from_caption_lm(cap.lm), proc.tokenizer)
+    # the training default: compact texts and a learned vector per beam rank (random here, so it matters)
+    sel = Selector.from_caption_lm(cap.lm, text_format="compact", rank_slots=recipe.beams)
+    with torch.no_grad():
+        sel.rank.normal_(0, 1.0)
+    comp = Compensator(cap, sel, proc.tokenizer)
     return lm, comp
 
 
@@ -125,6 +129,36 @@ def test_selector_text_encoder_is_frozen(toy_compensator):
     opt.step()
     assert all(torch.equal(before[k], v) for k, v in sel.encoder.state_dict().items())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in sel.score.parameters())
+
+
+def test_selector_rank_slots_tell_identical_candidates_apart_by_beam_order(toy_compensator):
+    _, comp = toy_compensator
+    blind = Selector.from_caption_lm(comp.caption.lm, text_format="compact").eval()
+    ranked = Selector.from_caption_lm(comp.caption.lm, text_format="compact", rank_slots=3).eval()
+    with torch.no_grad():
+        ranked.rank.normal_(0, 1.0)
+        ids, mask = (torch.from_numpy(a) for a in comp.selector_inputs(["q ?"], [["a b", "a b", "a b"]]))
+        flat = blind(ids, mask)[0]
+        by_rank = ranked(ids, mask)[0]
+    assert torch.allclose(flat, flat[0].expand(3))  # order-blind (the paper's): one text, one score
+    assert not torch.allclose(by_rank, by_rank[0].expand(3))
+
+
+def test_selector_text_formats():
+    from accm.models.caption_text import selector_text
+
+    assert selector_text("how many red objects are there ?", "c4 red star .", "compact") == \
+        "how many red objects are there ? c4 red star ."
+    paper = selector_text("q ?", "c .")
+    assert paper.startswith("Question: q ?") and paper.endswith("Supplemental information for questions: c .")
+
+
+def test_the_compensator_encodes_candidates_in_its_selectors_format(toy_compensator):
+    _, comp = toy_compensator
+    ids, mask = comp.selector_inputs(["what color is at c4 ?"], [["c4 red star .", "none ."]])
+    texts = [comp.tokenizer.decode(ids[0, j][mask[0, j] > 0], skip_special_tokens=True) for j in range(2)]
+    assert texts[0].split() == "what color is at c4 ? c4 red star .".split()
+    assert "Supplemental" not in " ".join(texts)
 
 
 def test_kl_picks_the_candidate_closest_to_the_full_model():
@@ -238,6 +272,18 @@ def test_bundle_with_accm_matches_reference(toy_compensator, tmp_path):
             assert ans.token_ids == tokens[b].tolist()[: len(ans.token_ids)]
         assert {"caption", "selection"} <= set(answers[0].timings_ms)
 
+    # the selector's text format travels in the manifest; a re-signed bundle naming another is refused
+    import json
+
+    from accm.bundle.manifest import MANIFEST, BundleError, write_manifest
+
+    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    assert manifest["accm"]["selector_text_format"] == comp.selector.cfg.text_format == "compact"
+    manifest["accm"]["selector_text_format"] = "verbose"
+    write_manifest(tmp_path / "b", manifest)
+    with pytest.raises(BundleError, match="selector_text_format"):
+        Pipeline(tmp_path / "b")
+
 
 def test_caption_agreement_is_a_plain_bool():
     from accm.train.accm import _same_caption
@@ -295,3 +341,15 @@ def test_lookup_guides_teach_the_two_hop_lookup_of_a_question_aware_caption():
     uniform = [torch.full((1, 2, length, length), 1.0 / length) for _ in range(2)]
     assert guide_loss(on_keys, [guides]).item() == pytest.approx(0.0, abs=1e-4)
     assert guide_loss(uniform, [guides]).item() > 1.0
+
+
+def test_accm_train_takes_the_selector_text_format_as_a_checked_flag(capsys):
+    from accm.cli.train import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["accm", "--work", "w", "--output", "o", "--selector-text", "paper",
+                              "--selector-rank", "0"])
+    assert (args.selector_text, args.selector_rank) == ("paper", 0)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["accm", "--work", "w", "--output", "o", "--selector-text", "verbose"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -42,9 +42,10 @@ def _accm(args) -> int:
 
 def _recipe_flags(parser, recipe_cls) -> None:
     for f in dataclasses.fields(recipe_cls):
-        if f.type in ("int", "float"):
+        if f.type in ("int", "float", "str"):
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name,
-                                type=int if f.type == "int" else float, default=None)
+                                type={"int": int, "float": float, "str": str}[f.type], default=None,
+                                choices=f.metadata.get("choices"))
 
 
 def build_parser() -> Parser:

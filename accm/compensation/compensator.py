@@ -74,7 +74,9 @@ class Compensator:
 
     def selector_inputs(self, questions: list[str], candidates: list[list[str]]):
         encode = lambda text: encode_text(self.tokenizer.backend_tokenizer, text)  # noqa: E731
-        return selector_batch(encode, questions, candidates, self.selector.cfg.max_text_tokens, self.cfg.pad_token_id)
+        cfg = self.selector.cfg
+        return selector_batch(encode, questions, candidates, cfg.max_text_tokens, self.cfg.pad_token_id,
+                              cfg.text_format)
 
     @torch.no_grad()
     def select(self, questions: list[str], candidates: list[list[str]]) -> np.ndarray:

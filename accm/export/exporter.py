@@ -374,4 +374,5 @@ def accm_manifest(comp) -> dict:
         "pad_token_id": cfg.pad_token_id, "layers": cfg.lm_layers, "heads": cfg.lm_heads,
         "head_dim": cfg.hidden // cfg.lm_heads, "hidden": cfg.hidden,
         "selector_max_tokens": comp.selector.cfg.max_text_tokens,
+        "selector_text_format": comp.selector.cfg.text_format,
     }

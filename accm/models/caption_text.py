@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-#: the selector's input text for one candidate (ACCM's format)
-SELECTOR_FORMAT = "Question: {question}  Supplemental information for questions: {caption}"
+#: the selector's input text for one candidate: ACCM's format ("paper"), or the question and the
+#: caption alone ("compact"; the paper's fixed words cost 26 of a ~40-token text in a small BPE vocab,
+#: and the frozen encoder reads every candidate, so they were most of the selector's FLOPs)
+SELECTOR_FORMATS = {"paper": "Question: {question}  Supplemental information for questions: {caption}",
+                    "compact": "{question} {caption}"}
 
 
-def selector_text(question: str, caption: str) -> str:
-    return SELECTOR_FORMAT.format(question=question, caption=caption)
+def selector_text(question: str, caption: str, text_format: str = "paper") -> str:
+    return SELECTOR_FORMATS[text_format].format(question=question, caption=caption)
 
 
 def pad_right(rows: list[list[int]], length: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -21,9 +24,11 @@ def pad_right(rows: list[list[int]], length: int, pad: int) -> tuple[np.ndarray,
     return ids, mask
 
 
-def selector_batch(encode, questions: list[str], candidates: list[list[str]], max_tokens: int, pad: int):
+def selector_batch(encode, questions: list[str], candidates: list[list[str]], max_tokens: int, pad: int,
+                   text_format: str = "paper"):
     """``[B, M, T]`` ids and mask of the selector texts; ``encode(text) -> ids`` (with BOS)."""
-    rows = [encode(selector_text(q, c))[:max_tokens] for q, cands in zip(questions, candidates) for c in cands]
+    rows = [encode(selector_text(q, c, text_format))[:max_tokens]
+            for q, cands in zip(questions, candidates) for c in cands]
     length = max(len(r) for r in rows)
     ids, mask = pad_right(rows, length, pad)
     m = len(candidates[0])

@@ -7,6 +7,13 @@ CLIP's text tower uses its EOS token). The paper's encoder is LongCLIP's text to
 a frozen snapshot of the stage-1 caption LM's transformer (a ``transformers`` GPT-2), so the
 selector needs no external weights. A 4-layer pre-norm transformer then reads the M vectors
 together, a linear layer scores each, softmax over M; argmax picks.
+
+Two departures from the paper, both off in a config that does not name them: ``text_format``
+"compact" drops the paper's fixed words from each text (``caption_text.SELECTOR_FORMATS``), and
+``rank_slots`` adds a learned vector per candidate slot. Candidates arrive best beam first, and
+the paper's selector, blind to that order, cannot tell two captions apart that differ only in a
+value it cannot check from text (``c4 red star`` against ``c4 blue star``); the caption model's
+own ranking can.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ class SelectorConfig:
     layers: int = 4
     heads: int = 8
     max_text_tokens: int = 128
+    text_format: str = "paper"  # caption_text.SELECTOR_FORMATS key
+    rank_slots: int = 0  # > 0: a learned vector per candidate slot (beam rank); 0: order-blind, as the paper
 
 
 class Selector(nn.Module):
@@ -47,11 +56,14 @@ class Selector(nn.Module):
         self.transformer = encoder_layers(cfg.hidden, cfg.heads, cfg.layers)
         self.norm = nn.LayerNorm(cfg.hidden)
         self.score = nn.Linear(cfg.hidden, 1)
+        self.rank = nn.Parameter(torch.zeros(cfg.rank_slots, cfg.hidden)) if cfg.rank_slots else None
 
     @classmethod
-    def from_caption_lm(cls, caption_lm, hidden: int = 128, layers: int = 4, heads: int = 8) -> Selector:
+    def from_caption_lm(cls, caption_lm, hidden: int = 128, layers: int = 4, heads: int = 8,
+                        text_format: str = "paper", rank_slots: int = 0) -> Selector:
         """A selector whose frozen encoder is a copy of ``caption_lm``'s transformer."""
-        sel = cls(SelectorConfig(caption_lm.config.to_dict(), hidden, layers, heads))
+        sel = cls(SelectorConfig(caption_lm.config.to_dict(), hidden, layers, heads, text_format=text_format,
+                                 rank_slots=rank_slots))
         sel.encoder.load_state_dict(caption_lm.transformer.state_dict())
         return sel
 
@@ -66,7 +78,10 @@ class Selector(nn.Module):
         bsz, m, length = ids.shape
         with torch.no_grad():
             vec = self.encode(ids.reshape(bsz * m, length), mask.reshape(bsz * m, length))
-        x = self.transformer(self.proj(vec).reshape(bsz, m, -1))
+        x = self.proj(vec).reshape(bsz, m, -1)
+        if self.rank is not None:
+            x = x + self.rank[:m]
+        x = self.transformer(x)
         return self.score(self.norm(x)).squeeze(-1)
 
     def save(self, directory: Path) -> None:

@@ -8,8 +8,9 @@ import time
 import numpy as np
 
 from ..bundle import names
+from ..bundle.manifest import BundleError
 from ..models.beam import beam_search
-from ..models.caption_text import pick, selector_batch
+from ..models.caption_text import SELECTOR_FORMATS, pick, selector_batch
 from ..models.prompt import encode_text, left_pad
 
 
@@ -26,6 +27,11 @@ class RuntimeCompensation:
 class BundleCompensator:
     def __init__(self, manifest: dict, stages: dict, tokenizer):
         self.cfg = manifest["accm"]
+        # bundles written before the selector's text format was recorded used the paper's
+        self.text_format = self.cfg.get("selector_text_format", "paper")
+        if self.text_format not in SELECTOR_FORMATS:
+            raise BundleError("altered bundle: its manifest is malformed (accm.selector_text_format must be one of "
+                              f"{', '.join(SELECTOR_FORMATS)})")
         self.tokenizer = tokenizer
         self.prefix = stages[names.CAPTION_PREFIX]
         self.embed = stages[names.CAPTION_EMBED]
@@ -79,7 +85,7 @@ class BundleCompensator:
         texts = [[self.decode_text(b.tokens) for b in row] for row in beams]
         t1 = time.perf_counter()
         ids, mask = selector_batch(lambda t: encode_text(self.tokenizer, t), questions, texts,
-                                   self.cfg["selector_max_tokens"], self.cfg["pad_token_id"])
+                                   self.cfg["selector_max_tokens"], self.cfg["pad_token_id"], self.text_format)
         probs = self.selector.run({names.INPUT_IDS: ids, names.ATTENTION_MASK: mask})[names.PROBS]
         chosen = pick(probs)
         t2 = time.perf_counter()

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from ..compensation.compensator import Compensator
 from ..data.shapes import NOTHING
 from ..models.caption import CaptionConfig, CaptionModel
+from ..models.caption_text import SELECTOR_FORMATS
 from ..models.dims import patch_count
 from ..models.loading import load_llava
 from ..models.selector import Selector
@@ -64,6 +65,8 @@ class AccmRecipe:
     selector_hidden: int = 128
     selector_layers: int = 4
     selector_heads: int = 8
+    selector_text: str = dataclasses.field(default="compact", metadata={"choices": tuple(SELECTOR_FORMATS)})
+    selector_rank: int = 1  # 1: the selector learns a vector per beam rank (0: order-blind, as the paper)
     seed: int = 0
     log_every: int = 100
     threads: int = 0  # torch threads; 0 keeps torch's default
@@ -494,7 +497,8 @@ def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe |
     q_train, q_val = held_out(questions) if questions is not None else (ShapesSource(), ShapesSource(400, "val"))
     stage1 = train_stage1(caption, lm.processor.tokenizer, *_stage1_data(lm, captions, recipe, work), recipe, work)
     selector = Selector.from_caption_lm(caption.lm, recipe.selector_hidden, recipe.selector_layers,
-                                        recipe.selector_heads)
+                                        recipe.selector_heads, recipe.selector_text,
+                                        recipe.beams if recipe.selector_rank else 0)
     comp = Compensator(caption, selector, lm.processor.tokenizer)
     stage2 = train_stage2(lm, comp, q_train, q_val, recipe, work)
     comp.save(output)
