@@ -184,6 +184,13 @@ def test_training_runs_gated_stages_and_stage1_loss_falls(tmp_path):
     stage2 = [json.loads(line) for line in (tmp_path / "work" / "stage2_log.jsonl").read_text().splitlines()]
     assert stage2[0]["step"] == 0 and {"agree", "agree_no_caption_k18"} <= set(stage2[0])  # label-free val
     assert stage2[-1]["step"] == 2 and stage2[-1]["kl_best"] <= stage2[-1]["kl_mean"] + 1e-9
+    # the modules written are the val-best of the logged evaluations (step 0 wins ties)
+    agree = [r["agree"] for r in stage2]
+    assert summary["stage2"]["shipped_step"] == stage2[int(np.argmax(agree))]["step"]
+    assert summary["stage2"]["shipped_agree"] == max(agree)
+    best = torch.load(tmp_path / "work" / "stage2_best.pt", weights_only=False)
+    written = Selector.load(tmp_path / "out" / "selector").state_dict()
+    assert all(torch.equal(written[k], v) for k, v in best["selector"].items())
     assert CaptionModel.load(tmp_path / "out" / "caption").cfg.input_tokens == 64
     assert (tmp_path / "out" / "selector").is_dir()
     # resumable: a second call finds both stages done and only writes the output again

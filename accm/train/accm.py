@@ -47,7 +47,7 @@ class AccmRecipe:
     stage1_cached_scenes: int = 8000  # ShapesVQA: scenes rendered once with cached vision features (0: on the fly)
     stage2_max_steps: int = 1500  # a cap: stage 2 ends at its validation gate
     stage2_batch: int = 8
-    caption_lr: float = 5e-5
+    caption_lr: float = 1e-6  # the paper's; at 5e-5 self-training on its own beams collapsed ("none none …")
     selector_lr: float = 1e-3
     decay_steps: int = 200  # lr tail after a gate is passed
     patience: int = 4  # evaluations without improvement that count as a plateau (the gate)
@@ -382,8 +382,13 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
     val_samples = [val.question_sample(int(i), rng0) for i in range(min(recipe.val_samples, len(val)))]
     agreement = Agreement(lm, val_samples, recipe.keeps, recipe.answer_tokens)
     metrics = agreement(comp, with_baseline=True) if step == 0 else {}
+    # the modules shipped are the best on val agreement (self-training can degrade them), not the last
+    best_path = work / "stage2_best.pt"
     if step == 0:
         _log(work / "stage2_log.jsonl", {"step": 0, **metrics}, tqdm(disable=True))
+        checkpoint.save(best_path, caption=caption.state_dict(), selector=selector.state_dict(), step=0,
+                        agree=metrics["agree"])
+    best_agree = checkpoint.load(best_path)["agree"]
     bar = tqdm(initial=step, total=recipe.stage2_max_steps, desc="accm stage 2 (self-supervised)", unit="step")
     t0 = time.time()
     stats: list[dict] = []
@@ -451,12 +456,20 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
                    "gate_passed_at": schedule.passed_at, "elapsed_s": round(time.time() - t0, 1)}
             stats = []
             _log(work / "stage2_log.jsonl", rec, bar)
+            if metrics["agree"] > best_agree:
+                best_agree = metrics["agree"]
+                checkpoint.save(best_path, caption=caption.state_dict(), selector=selector.state_dict(), step=step,
+                                agree=best_agree)
             checkpoint.save(path, caption=caption.state_dict(), selector=selector.state_dict(),
                             opt=opt.state_dict(), step=step, passed_at=schedule.passed_at, gate=gate.state())
     bar.close()
+    best = checkpoint.load(best_path)
+    caption.load_state_dict(best["caption"])
+    selector.load_state_dict(best["selector"])
     caption.eval()
     selector.eval()
-    return {"steps": step, "gate_passed_at": schedule.passed_at, **metrics}
+    return {"steps": step, "gate_passed_at": schedule.passed_at, "shipped_step": best["step"],
+            "shipped_agree": best["agree"], **metrics}
 
 
 def _stage1_data(lm, captions, recipe: AccmRecipe, work: Path):
