@@ -48,6 +48,9 @@ def main() -> None:
             if f"agree_no_caption_k{keep}" in stage2[0]:
                 a.axhline(stage2[0][f"agree_no_caption_k{keep}"], ls=":", color=a.lines[-1].get_color(),
                           label=f"no caption, keep {keep}")
+        if "agree" in stage2[0]:  # accm-train ships the val-best evaluation's modules
+            shipped = max(stage2, key=lambda r: r["agree"])["step"]
+            a.axvline(shipped, color="grey", lw=0.8, label=f"shipped (val-best, step {shipped})")
     a.set(title="stage 2: agreement with the full-token model (val)", xlabel="step", ylim=(0, 1))
     a.legend(fontsize=7)
     fig.tight_layout()

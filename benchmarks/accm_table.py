@@ -1,8 +1,9 @@
 """ACCM measurement on ShapesVQA test: at each kept-token budget, the pruned model with {no
-caption, a random candidate, the selected caption, an oracle best-of-M} against the full-token
-model and FastV at the same budget; every accuracy with its 95 % interval, and the gains and the
-share of the pruning loss recovered with paired 95 % intervals (same questions). Then ACCM's
-FLOPs and measured latency as a share of the pruned pipeline.
+caption, a random candidate, the best beam (no selector), the selected caption, an oracle
+best-of-M} against the full-token model and FastV at the same budget; every accuracy with its
+95 % interval, and the gains and the share of the pruning loss recovered with paired 95 %
+intervals (same questions). Then ACCM's FLOPs and measured latency as a share of the pruned
+pipeline.
 
     python benchmarks/accm_table.py --n 1000 --seed 101 --json benchmarks/results/accm_table.json
 """
@@ -79,7 +80,8 @@ def main() -> None:
         pruned = run(vision_keep=k)
         fastv = run(schedule=f"fastv:2:{k}")
         row["vision_only"], row["fastv_k2"] = _summary(pruned), _summary(fastv)
-        modes = {mode: run(vision_keep=k, accm=True, caption_mode=mode) for mode in ("random", "selected", "oracle")}
+        modes = {mode: run(vision_keep=k, accm=True, caption_mode=mode)
+                 for mode in ("random", "top", "selected", "oracle")}
         for mode, res in modes.items():
             row[f"accm_{mode}"] = _summary(res)
         sel = modes["selected"]["hits"]

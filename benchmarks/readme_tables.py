@@ -102,10 +102,12 @@ def accm(rep: dict) -> str:
         rec_s = "–" if rec["share"] is None else f"{100 * rec['share']:.0f} ({100 * rec['ci95'][0]:.0f}–" \
                                                   f"{100 * rec['ci95'][1]:.0f})"
         rows.append([str(r["keep"]), _ci(r["full"]), _ci(r["vision_only"]), _ci(r["fastv_k2"]), _ci(r["accm_random"]),
-                     _ci(r["accm_selected"]), _ci(r["accm_oracle"]), _diff(r["gain_over_pruned"]), rec_s,
+                     _ci(r["accm_top"]) if "accm_top" in r else "–", _ci(r["accm_selected"]), _ci(r["accm_oracle"]),
+                     _diff(r["gain_over_pruned"]), rec_s,
                      _num(fl["prefill_plus_compensation_ratio"], ".3f"),
                      _pct(fl["compensation_share_of_pruned_pipeline"]), _pct(r["compensation_share_of_ttft"])])
-    head = ["kept", "full %", "pruned (vision top-k) %", "FastV %", "ACCM random candidate %", "ACCM selected %",
+    head = ["kept", "full %", "pruned (vision top-k) %", "FastV %", "ACCM random candidate %",
+            "ACCM best beam (no selector) %", "ACCM selected %",
             "ACCM oracle best-of-M %", "selected − pruned (pts)", "pruning loss recovered %",
             "prefill+ACCM FLOPs vs full", "ACCM share of pruned FLOPs %", "ACCM share of TTFT (ORT CPU) %"]
     a = rep.get("accm", {})

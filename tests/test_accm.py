@@ -360,3 +360,25 @@ def test_accm_train_takes_the_selector_text_format_as_a_checked_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["accm", "--work", "w", "--output", "o", "--selector-text", "verbose"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_caption_modes_choose_which_candidate_reaches_the_llm(toy_compensator, tmp_path, scene_images):
+    from accm.measure.accuracy import TorchAnswerer
+
+    lm, comp = toy_compensator
+    comp.save(tmp_path / "accm")
+    questions = ["what color is at c4 ?", "how many red objects are there ?"]
+    spliced = {}
+    for mode in ("selected", "top", "none"):
+        answerer = TorchAnswerer(str(lm.source.path), vision_keep=18, accm=True, accm_dir=str(tmp_path / "accm"),
+                                 caption_mode=mode)
+        seen = []
+        answer = answerer._answers
+        answerer._answers = lambda *a, **kw: (seen.append(a[3]), answer(*a, **kw))[1]  # noqa: B023
+        answerer(scene_images[:2], questions, 2)
+        spliced[mode] = seen[0]
+    vis = answerer.ref.vision(answerer.ref.pixel_values(scene_images[:2]))
+    expected = comp(vis.discarded, vis.discarded_index, vis.discarded_scores, questions)
+    assert spliced["top"] == [c[0] for c in expected.candidates] != spliced["selected"]  # toy: not always beam 1
+    assert spliced["selected"] == expected.captions
+    assert spliced["none"] is None

@@ -36,7 +36,8 @@ def test_accm_curves_plot_both_stages_from_the_jsonl_logs(tmp_path):
     rows = [{"step": s, "caption_acc_named_k18": a, "caption_token_acc_named_k18": a + 0.3} for s, a in ((250, 0.0),
                                                                                                        (500, 0.2))]
     stage1.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    stage2.write_text(json.dumps({"step": 0, "agree_k18": 0.5, "agree_no_caption_k18": 0.45}) + "\n")
+    stage2.write_text(json.dumps({"step": 0, "agree_k18": 0.5, "agree_no_caption_k18": 0.45, "agree": 0.5}) + "\n"
+                      + json.dumps({"step": 100, "agree_k18": 0.6, "agree": 0.6}) + "\n")
     subprocess.run([sys.executable, str(script), "--stage1", str(stage1), "--stage2", str(stage2), "--plot", str(plot)],
                    check=True, capture_output=True)
     assert plot.stat().st_size > 0

@@ -103,8 +103,9 @@ def build_parser() -> Parser:
     a.add_argument("--random-keep", action="store_true", help="keep random patches instead of attention-guided")
     a.add_argument("--accm", action="store_true", help="compensate vision-side pruning with ACCM captions")
     a.add_argument("--accm-dir", default=None, help="trained caption/ and selector/ (default: <model>/accm)")
-    a.add_argument("--caption-mode", choices=["selected", "random", "oracle", "none"], default="selected",
-                   help="with --accm: the selector's caption, a random candidate, or best-of-M (oracle)")
+    a.add_argument("--caption-mode", choices=["selected", "top", "random", "oracle", "none"], default="selected",
+                   help="with --accm: the selector's caption, the best beam (no selector), a random candidate, "
+                        "or best-of-M (oracle)")
     a.add_argument("--batch-size", type=int, default=16)
     a.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     a.add_argument("--json", action="store_true")

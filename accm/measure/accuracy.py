@@ -22,7 +22,7 @@ from ..data.baselines import blind_answers
 from ..pruning.schedule import Schedule
 from ..stats import wilson_interval
 
-CAPTION_MODES = ("selected", "random", "oracle", "none")
+CAPTION_MODES = ("selected", "top", "random", "oracle", "none")  # top: the best beam, no selector
 
 
 @dataclasses.dataclass
@@ -103,6 +103,8 @@ class TorchAnswerer:
             comp = self.compensator(vision.discarded, vision.discarded_index, vision.discarded_scores, prompts)
             if self.caption_mode == "selected":
                 captions = comp.captions
+            elif self.caption_mode == "top":  # candidates come best beam first
+                captions = [c[0] for c in comp.candidates]
             elif self.caption_mode == "random":
                 captions = [c[int(self.rng.integers(len(c)))] for c in comp.candidates]
             else:  # oracle: the answer with every candidate; scored as right if any is right
