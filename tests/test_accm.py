@@ -119,8 +119,10 @@ def test_caption_and_selector_round_trip(toy_compensator, tmp_path):
 
 
 def test_selector_text_encoder_is_frozen(toy_compensator):
+    import copy
+
     _, comp = toy_compensator
-    sel = comp.selector
+    sel = copy.deepcopy(comp.selector)  # the fixture is shared: train a copy
     before = {k: v.clone() for k, v in sel.encoder.state_dict().items()}
     opt = torch.optim.SGD([p for p in sel.parameters() if p.requires_grad], lr=1.0)
     ids, mask = comp.selector_inputs(["q ?", "r ?"], [["a", "b", "c"], ["d", "e", "f"]])
