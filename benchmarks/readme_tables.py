@@ -179,7 +179,10 @@ def precision(rep: dict) -> str:
             "SNR vs fp32 dB (per stage)", "top-1 agreement % (per stage)", "TTFT ms", "decode ms/token",
             "decode speedup", "TensorRT-RTX build (proxy)"]
     seed = f", test seed {rep['seed']}" if rep.get("n") and "seed" in rep else ""
-    return f"{rep['model']}, n = {rep['n']}{seed}; {_machine(rep['machine'])}\n\n" + _table(head, rows)
+    digests = {r.get("accm_modules_digest") for r in rep["rows"]} - {None}
+    later = (f"; the +ACCM column re-measured later with the ACCM modules of digest {digests.pop()[:12]} "
+             "(`--accm-only`)" if rep.get("accm_machine") and len(digests) == 1 else "")
+    return f"{rep['model']}, n = {rep['n']}{seed}; {_machine(rep['machine'])}{later}\n\n" + _table(head, rows)
 
 
 def search(rep: dict) -> str:
