@@ -198,6 +198,10 @@ def test_training_runs_gated_stages_and_stage1_loss_falls(tmp_path):
     # resumable: a second call finds both stages done and only writes the output again
     train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
     assert len((tmp_path / "work" / "stage1_log.jsonl").read_text().splitlines()) == len(stage1)
+    # a work directory from before the val-best file existed still resumes, and writes its last modules
+    (tmp_path / "work" / "stage2_best.pt").unlink()
+    again = train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
+    assert again["stage2"]["shipped_step"] == 2
 
 
 def test_the_mapper_reads_only_the_top_scored_discarded_tokens():

@@ -388,7 +388,8 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
         _log(work / "stage2_log.jsonl", {"step": 0, **metrics}, tqdm(disable=True))
         checkpoint.save(best_path, caption=caption.state_dict(), selector=selector.state_dict(), step=0,
                         agree=metrics["agree"])
-    best_agree = checkpoint.load(best_path)["agree"]
+    best = checkpoint.load(best_path)  # None: a work directory from before best modules were kept
+    best_agree = best["agree"] if best else float("-inf")
     bar = tqdm(initial=step, total=recipe.stage2_max_steps, desc="accm stage 2 (self-supervised)", unit="step")
     t0 = time.time()
     stats: list[dict] = []
@@ -463,13 +464,13 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
             checkpoint.save(path, caption=caption.state_dict(), selector=selector.state_dict(),
                             opt=opt.state_dict(), step=step, passed_at=schedule.passed_at, gate=gate.state())
     bar.close()
-    best = checkpoint.load(best_path)
-    caption.load_state_dict(best["caption"])
-    selector.load_state_dict(best["selector"])
+    if (best := checkpoint.load(best_path)) is not None:
+        caption.load_state_dict(best["caption"])
+        selector.load_state_dict(best["selector"])
     caption.eval()
     selector.eval()
-    return {"steps": step, "gate_passed_at": schedule.passed_at, "shipped_step": best["step"],
-            "shipped_agree": best["agree"], **metrics}
+    return {"steps": step, "gate_passed_at": schedule.passed_at, "shipped_step": best["step"] if best else step,
+            "shipped_agree": best["agree"] if best else metrics.get("agree"), **metrics}
 
 
 def _stage1_data(lm, captions, recipe: AccmRecipe, work: Path):
