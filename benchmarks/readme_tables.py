@@ -185,12 +185,20 @@ def precision(rep: dict) -> str:
     return f"{rep['model']}, n = {rep['n']}{seed}; {_machine(rep['machine'])}{later}\n\n" + _table(head, rows)
 
 
+def _versus_val(r: dict) -> str:
+    """``+1.2 ± 0.8``: a searched schedule minus what it matched, on val, with the paired SE."""
+    v = ((r.get("search") or {}).get("budget") or {}).get("versus")
+    return "–" if not v else f"{100 * v['difference']:+.1f} ± {100 * v['difference_se']:.1f}"
+
+
 def search(rep: dict) -> str:
     rows = [[r["name"], r["schedule"] if len(r["schedule"]) < 60 else r["schedule"][:57] + "…",
              _ci({"accuracy": r["test_accuracy"], "ci95": r.get("test_ci95")}),
              _diff(r.get("vs_full")) if r.get("vs_full") else _num(r["delta_vs_full_points"], "+.1f"),
+             _diff(r.get("vs_matched")), _versus_val(r),
              _num(r["mean_tokens"], ".0f"), _num(r["prefill_flops_ratio"], ".3f")] for r in rep["rows"]]
     head = ["schedule", "per-layer counts", "test accuracy % (95% CI)", "vs full (pts, paired 95% CI)",
+            "vs FastV at equal FLOPs (test pts, paired 95% CI)", "same on val (pts ± SE)",
             "mean image tokens/layer", "prefill FLOPs ratio"]
     se = f", val score SE ≈ {100 * rep['val_se']:.1f} pts" if rep.get("val_se") else ""
     return (f"{rep['model']}, searched on val (n = {rep['val_n']}{se}), measured on test (n = {rep['test_n']}, "

@@ -3,11 +3,13 @@
 Runs the three accm-search commands (validation: ShapesVQA val), then measures each found
 schedule and its baselines with the accuracy harness on the test split (a seed the search never
 saw), with the prefill FLOPs ratio of each. Every test accuracy carries its 95 % interval and its
-paired difference to full tokens (same questions). G-Search accepts a layer only where the drop
+paired difference to full tokens (same questions); each P-Sigmoid schedule also its paired
+difference to the FastV schedule whose FLOPs it matched, on test here and on val (with its
+standard error) in its search record. G-Search accepts a layer only where the drop
 is within ``--tolerance`` plus ``--z`` paired standard errors of the validation score, so it does
 not chase noise. Writes a JSON table and an accuracy-vs-FLOPs plot.
 
-    python benchmarks/search.py --val-n 600 --test-n 1000 --test-seed 103 --out benchmarks/results
+    python benchmarks/search.py --val-n 600 --trials 30 --test-n 1000 --test-seed 103 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -62,24 +64,30 @@ def main() -> None:
     questions = [s.question for s in shapes.benchmark("test", 100, args.test_seed)]
     n_text = mean_text_tokens(lambda t: lm.processor.tokenizer(t)["input_ids"], lm.template, questions,
                               lm.model.config.image_token_index)
-    entries = [("full", "none"), (f"G-Search (tol {args.tolerance:g} + {args.z:g} SE)", str(out / "gsearch.json"))]
+    entries = [("full", "none", None), (f"G-Search (tol {args.tolerance:g} + {args.z:g} SE)",
+                                         str(out / "gsearch.json"), None)]
     for spec in args.matches:
-        entries += [(spec, spec), (f"P-Sigmoid @ {spec} FLOPs", str(out / f"psigmoid_{spec.replace(':', '_')}.json"))]
+        entries += [(spec, spec, None),
+                    (f"P-Sigmoid @ {spec} FLOPs", str(out / f"psigmoid_{spec.replace(':', '_')}.json"), spec)]
     rows = []
-    for name, spec in entries:
+    for name, spec, matched in entries:
         sched = Schedule.parse(spec)
         res = evaluate(TorchAnswerer(args.model, schedule=sched), n=args.test_n, seed=args.test_seed,
                        progress=False, keep_hits=True)
         rows.append({"name": name, "schedule": sched.spec(), "test_accuracy": res["accuracy"],
                      "test_ci95": res["ci95"], "hits": res.pop("hits"),
                      "per_family": res["per_family"], "prefill_flops_ratio": schedule_flops_ratio(dims, sched, n_text),
-                     "mean_tokens": sched.mean_tokens(dims.layers, dims.patches), "search": sched.meta or None})
+                     "mean_tokens": sched.mean_tokens(dims.layers, dims.patches), "search": sched.meta or None,
+                     "matched": matched})
         print(f"{name:32s} acc={res['accuracy']:.3f} flops={rows[-1]['prefill_flops_ratio']:.3f}", flush=True)
     full, full_hits = rows[0]["test_accuracy"], rows[0]["hits"]
     for r in rows:
         r["delta_vs_full_points"] = 100 * (r["test_accuracy"] - full)
         r["vs_full"] = paired_difference(r["hits"], full_hits)
         r["prefill_flops_reduction"] = 1 / r["prefill_flops_ratio"]
+        if r["matched"]:  # P-Sigmoid against the FastV schedule whose FLOPs it matched, same test questions
+            baseline = next(b for b in rows if b["schedule"] == r["matched"])
+            r["vs_matched"] = paired_difference(r["hits"], baseline["hits"])
     for r in rows:
         del r["hits"]
     gsearch = json.loads((out / "gsearch.json").read_text())

@@ -166,6 +166,15 @@ def test_search_cli_on_a_tiny_model(tmp_path, capsys, monkeypatch):
                      "--trials", "3", "--output", str(out), "--quiet"]) == 0
     sched = Schedule.load(out)
     assert sum(sched.counts) == 300 * 4 and sched.meta["metric"] == "accuracy"
+    # matched to FastV: the val difference to FastV on the same samples, with its paired SE
+    assert cli.main(["psigmoid", "--model", str(tmp_path / "m"), "--n", "8", "--match", "fastv:2:64",
+                     "--trials", "2", "--output", str(tmp_path / "pm.json"), "--quiet"]) == 0
+    matched = Schedule.load(tmp_path / "pm.json").meta
+    versus = matched["budget"]["versus"]
+    n_image = sched.counts[0]
+    assert versus["counts"] == [n_image, n_image, 64, 64]
+    assert versus["score"] + versus["difference"] == pytest.approx(matched["score"])
+    assert versus["difference_se"] >= 0
     assert cli.main(["gsearch", "--model", str(tmp_path / "m"), "--n", "8", "--quiet",
                      "--output", str(tmp_path / "g.json")]) == 0
     assert Schedule.load(tmp_path / "g.json").meta["evaluations"] >= 1

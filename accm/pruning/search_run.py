@@ -113,6 +113,16 @@ def run_gsearch(args: SearchOptions) -> dict:
         "evaluations": evaluate.log.evaluations, "seconds": round(time.perf_counter() - t0, 1)})
 
 
+def _versus(evaluate, counts: list[int], baseline: list[int]) -> dict:
+    """The found schedule minus ``baseline`` on the same val samples: score difference and its
+    paired standard error."""
+    from .search import paired_drop
+
+    evaluate(baseline)
+    difference, se = paired_drop(evaluate.samples[tuple(counts)], evaluate.samples[tuple(baseline)])
+    return {"counts": baseline, "score": evaluate(baseline), "difference": difference, "difference_se": se}
+
+
 def run_psigmoid(args: SearchOptions) -> dict:
     from tqdm import tqdm
 
@@ -149,6 +159,9 @@ def run_psigmoid(args: SearchOptions) -> dict:
     except ValueError as e:
         raise AccmUserError(str(e)) from None
     bar.close()
+    if args.match is not None:  # how well val resolves the gap the search must show over what it matches
+        budget["versus"] = _versus(evaluate, result.counts, Schedule.parse(args.match).layer_counts(
+            dims.layers, dims.patches))
     return _write(args, result.counts, {
         "method": "psigmoid", "model": lm.source.name, "model_digest": digest, "metric": scorer.metric,
         "score": result.score, "full_score": evaluate([dims.patches] * dims.layers), "budget": budget,
