@@ -31,7 +31,9 @@ def build_parser() -> Parser:
     def common(sp):
         sp.add_argument("--model", default=None, help="checkpoint directory, alias or accm-tiny (default)")
         sp.add_argument("--val", default=None, help="JSONL of {image, question[, answer]} (default: ShapesVQA val)")
-        sp.add_argument("--n", type=int, default=200, help="ShapesVQA validation questions")
+        sp.add_argument("--n", type=int, default=600,
+                        help="ShapesVQA validation questions (at 600, two schedules' difference has a "
+                             "paired SE of about 1.3 points on accm-tiny)")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--batch-size", type=int, default=16)
         sp.add_argument("--output", default=None, help="write the JSON result here")

@@ -17,7 +17,7 @@ from ..files import write_text
 class SearchOptions:
     model: str | None = None
     val: str | None = None  # JSONL of {image, question[, answer]}; None: ShapesVQA val
-    n: int = 200
+    n: int = 600  # ShapesVQA val questions; two schedules differ with a paired SE ≈ 1.3 points on accm-tiny
     seed: int = 0
     batch_size: int = 16
     output: str | None = None
