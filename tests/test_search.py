@@ -75,6 +75,20 @@ def test_paired_drop_standard_error():
     drop, se = search.paired_drop(full, other)
     d = full - other
     assert drop == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / np.sqrt(8))
+    assert search.paired_drop(full[:1], other[:1])[1] == float("inf")  # one sample accepts no cut
+
+
+def test_paired_difference_matches_scipy():
+    from scipy.stats import sem
+
+    from accm.measure.accuracy import paired_difference
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random(200) < 0.8, rng.random(200) < 0.7
+    res = paired_difference(a.astype(int).tolist(), b.astype(int).tolist())
+    d = a.astype(float) - b.astype(float)
+    assert res["difference"] == pytest.approx(d.mean()) and res["se"] == pytest.approx(sem(d))
+    assert res["ci95"][1] - res["ci95"][0] == pytest.approx(2 * 1.96 * sem(d), abs=2e-4)
 
 
 def test_sigmoid_ratios_shape():

@@ -20,7 +20,7 @@ from ..data import shapes
 from ..data.answers import normalise
 from ..data.baselines import blind_answers
 from ..pruning.schedule import Schedule
-from ..stats import wilson_interval
+from ..stats import paired_difference_se, wilson_interval
 
 CAPTION_MODES = ("selected", "top", "random", "oracle", "none")  # top: the best beam, no selector
 
@@ -169,10 +169,9 @@ def evaluate(answer, n: int = 500, seed: int = 0, batch_size: int = 16, max_new_
 def paired_difference(hits_a, hits_b) -> dict:
     """``a - b`` in accuracy on the same questions: the mean and its 95 % interval (normal
     approximation on the per-question differences, which pairs away the shared difficulty)."""
-    d = np.asarray(hits_a, dtype=np.float64) - np.asarray(hits_b, dtype=np.float64)
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return {"difference": float(d.mean()), "ci95": [round(float(d.mean()) - 1.96 * se, 4),
-                                                    round(float(d.mean()) + 1.96 * se, 4)], "se": se}
+    difference, se = paired_difference_se(hits_a, hits_b)
+    return {"difference": difference, "ci95": [round(difference - 1.96 * se, 4), round(difference + 1.96 * se, 4)],
+            "se": se}
 
 
 def interval(hits) -> list[float]:

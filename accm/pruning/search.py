@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..stats import paired_difference_se
 from .schedule import Schedule
 
 
@@ -62,10 +63,10 @@ class CachedEvaluator:
 
 
 def paired_drop(full: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    """(mean drop, its standard error) of ``other`` against ``full`` on the same samples."""
-    d = full - other
-    n = len(d)
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("inf")
+    """(mean drop, its standard error) of ``other`` against ``full`` on the same samples; the SE is
+    infinite with one sample, so no cut is accepted on it."""
+    drop, se = paired_difference_se(full, other)
+    return drop, float("inf") if math.isnan(se) else se
 
 
 def g_search(evaluate: CachedEvaluator, num_layers: int, n_image: int, tolerance: float = 0.0,

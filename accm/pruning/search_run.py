@@ -116,11 +116,11 @@ def run_gsearch(args: SearchOptions) -> dict:
 def _versus(evaluate, counts: list[int], baseline: list[int]) -> dict:
     """The found schedule minus ``baseline`` on the same val samples: score difference and its
     paired standard error."""
-    from .search import paired_drop
+    from ..stats import paired_difference_se
 
-    evaluate(baseline)
-    difference, se = paired_drop(evaluate.samples[tuple(counts)], evaluate.samples[tuple(baseline)])
-    return {"counts": baseline, "score": evaluate(baseline), "difference": difference, "difference_se": se}
+    score = evaluate(baseline)
+    difference, se = paired_difference_se(evaluate.samples[tuple(counts)], evaluate.samples[tuple(baseline)])
+    return {"counts": baseline, "score": score, "difference": difference, "difference_se": se}
 
 
 def run_psigmoid(args: SearchOptions) -> dict:
@@ -141,7 +141,8 @@ def run_psigmoid(args: SearchOptions) -> dict:
     else:
         if args.match is not None:
             try:
-                target = schedule_flops_ratio(dims, Schedule.parse(args.match), n_text)
+                matched = Schedule.parse(args.match)
+                target = schedule_flops_ratio(dims, matched, n_text)
             except ValueError as e:
                 raise AccmUserError(str(e)) from None
             budget = {"flops_ratio": target, "match": args.match}
@@ -160,8 +161,7 @@ def run_psigmoid(args: SearchOptions) -> dict:
         raise AccmUserError(str(e)) from None
     bar.close()
     if args.match is not None:  # how well val resolves the gap the search must show over what it matches
-        budget["versus"] = _versus(evaluate, result.counts, Schedule.parse(args.match).layer_counts(
-            dims.layers, dims.patches))
+        budget["versus"] = _versus(evaluate, result.counts, matched.layer_counts(dims.layers, dims.patches))
     return _write(args, result.counts, {
         "method": "psigmoid", "model": lm.source.name, "model_digest": digest, "metric": scorer.metric,
         "score": result.score, "full_score": evaluate([dims.patches] * dims.layers), "budget": budget,
