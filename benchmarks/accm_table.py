@@ -37,12 +37,32 @@ def recovered(full, pruned, accm) -> dict:
     return {"share": point, "ci95": [round(float(lo), 4), round(float(hi), 4)]}
 
 
+def parse_args(default_json: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=101)
+    ap.add_argument("--keeps", type=int, nargs="+", default=[18, 36])
+    ap.add_argument("--json", default=default_json)
+    return ap.parse_args()
+
+
+def evaluate_on_test(args, label: str, **answerer) -> dict:
+    """``args.n`` test questions of ``args.seed`` through a ``TorchAnswerer``, every hit kept."""
+    from accm.measure.accuracy import TorchAnswerer, evaluate
+
+    res = evaluate(TorchAnswerer(args.model, seed=args.seed, **answerer), n=args.n, seed=args.seed, progress=False,
+                   keep_hits=True)
+    print(f"{label}: {res['accuracy']:.3f} {res['ci95']}", flush=True)
+    return res
+
+
 def main() -> None:
     from accm.compensation.compensator import Compensator
     from accm.compensation.flops import compensation_flops
     from accm.data import shapes
     from accm.export.default import default_options, ensure_bundle
-    from accm.measure.accuracy import TorchAnswerer, evaluate, paired_difference
+    from accm.measure.accuracy import paired_difference
     from accm.measure.latency import machine, run_isolated
     from accm.models.loading import load_llava
     from accm.models.prompt import mean_text_tokens
@@ -51,13 +71,7 @@ def main() -> None:
     from accm.pruning.reference import ReferencePipeline
     from accm.pruning.schedule import Schedule
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=101)
-    ap.add_argument("--keeps", type=int, nargs="+", default=[18, 36])
-    ap.add_argument("--json", default="benchmarks/results/accm_table.json")
-    args = ap.parse_args()
+    args = parse_args("benchmarks/results/accm_table.json")
 
     lm = load_llava(args.model)
     dims = dims_from_config(lm.model.config)
@@ -68,22 +82,19 @@ def main() -> None:
     full_prefill = llm_prefill_flops(dims, Schedule.none(), n_text)
 
     def run(**kw) -> dict:
-        res = evaluate(TorchAnswerer(args.model, seed=args.seed, **kw), n=args.n, seed=args.seed, progress=False,
-                       keep_hits=True)
-        print(f"{kw}: {res['accuracy']:.3f} {res['ci95']}", flush=True)
-        return res
+        return evaluate_on_test(args, str(kw), **kw)
 
     full = run()
     rows = []
     for k in args.keeps:
-        row = {"keep": k, "full": _summary(full)}
+        row = {"keep": k, "full": summary(full)}
         pruned = run(vision_keep=k)
         fastv = run(schedule=f"fastv:2:{k}")
-        row["vision_only"], row["fastv_k2"] = _summary(pruned), _summary(fastv)
+        row["vision_only"], row["fastv_k2"] = summary(pruned), summary(fastv)
         modes = {mode: run(vision_keep=k, accm=True, caption_mode=mode)
                  for mode in ("random", "top", "selected", "oracle")}
         for mode, res in modes.items():
-            row[f"accm_{mode}"] = _summary(res)
+            row[f"accm_{mode}"] = summary(res)
         sel = modes["selected"]["hits"]
         row["gain_over_pruned"] = paired_difference(sel, pruned["hits"])
         row["gain_over_fastv"] = paired_difference(sel, fastv["hits"])
@@ -116,7 +127,7 @@ def main() -> None:
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
 
-def _summary(res: dict) -> dict:
+def summary(res: dict) -> dict:
     return {k: res[k] for k in ("accuracy", "ci95", "per_family", "per_family_ci95")}
 
 

@@ -388,3 +388,25 @@ def test_caption_modes_choose_which_candidate_reaches_the_llm(toy_compensator, t
     assert spliced["top"] == [c[0] for c in expected.candidates] != spliced["selected"]  # toy: not always beam 1
     assert spliced["selected"] == expected.captions
     assert spliced["none"] is None
+
+
+def test_a_caption_source_replaces_accm_captions_for_the_llm(toy_compensator, scene_images):
+    from accm.measure.accuracy import TorchAnswerer
+
+    lm, _ = toy_compensator
+    questions = ["what color is at c4 ?", "how many red objects are there ?"]
+    calls = []
+
+    def source(prompts, vision):
+        calls.append((list(prompts), vision.kept_index.shape))
+        return ["c4 red star .", "none ."]
+
+    answerer = TorchAnswerer(str(lm.source.path), vision_keep=18, caption_source=source)
+    seen = []
+    answer = answerer._answers
+    answerer._answers = lambda *a, **kw: (seen.append(a[3]), answer(*a, **kw))[1]
+    answerer(scene_images[:2], questions, 2)
+    assert calls == [(questions, (2, 18))] and seen == [["c4 red star .", "none ."]]
+    assert answerer.describe["caption_source"] == "source"
+    with pytest.raises(ValueError, match="vision_keep"):
+        TorchAnswerer(str(lm.source.path), caption_source=source)

@@ -58,7 +58,9 @@ class TorchAnswerer:
 
     def __init__(self, model: str | None, vision_keep=None, schedule="none", score_layer=None,
                  random_keep_seed: int | None = None, accm: bool = False, accm_dir: str | None = None,
-                 caption_mode: str = "selected", seed: int = 0):
+                 caption_mode: str = "selected", seed: int = 0, caption_source=None):
+        """``caption_source(prompts, vision) -> captions``: captions spliced in place of ACCM's
+        (e.g. a rule-made bound); needs ``vision_keep``."""
         from ..models.loading import load_llava
         from ..pruning.reference import ReferencePipeline
 
@@ -76,7 +78,10 @@ class TorchAnswerer:
             self.compensator = Compensator.load(directory, lm.processor.tokenizer)
         if caption_mode not in CAPTION_MODES:
             raise ValueError(f"caption mode must be one of {CAPTION_MODES}")
+        if caption_source is not None and vision_keep is None:
+            raise ValueError("a caption source fills in for vision-side pruning: give vision_keep")
         self.caption_mode = caption_mode
+        self.caption_source = caption_source
         self.rng = np.random.default_rng(seed)
         self.ref = ReferencePipeline(lm.model, lm.processor, vision_keep=vision_keep, schedule=schedule,
                                      score_layer=score_layer, random_keep_seed=random_keep_seed,
@@ -85,6 +90,9 @@ class TorchAnswerer:
                          "schedule": self.ref.schedule.spec(), "precision": "fp32",
                          "random_keep": random_keep_seed is not None, "accm": accm,
                          "caption_mode": caption_mode if accm else None}
+        if caption_source is not None:
+            self.describe["caption_source"] = getattr(caption_source, "name", None) or getattr(
+                caption_source, "__name__", type(caption_source).__name__)
 
     def _answers(self, images, prompts, max_new_tokens, captions, vision):
         prep = self.ref.prepare(images, prompts, captions, vision=vision)
@@ -99,7 +107,9 @@ class TorchAnswerer:
     def __call__(self, images, prompts, max_new_tokens) -> list[Prediction]:
         vision = self.ref.vision(self.ref.pixel_values(images))
         captions, alternatives = None, None
-        if self.compensator is not None and self.caption_mode != "none":
+        if self.caption_source is not None:
+            captions = self.caption_source(prompts, vision)
+        elif self.compensator is not None and self.caption_mode != "none":
             comp = self.compensator(vision.discarded, vision.discarded_index, vision.discarded_scores, prompts)
             if self.caption_mode == "selected":
                 captions = comp.captions

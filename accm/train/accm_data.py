@@ -78,12 +78,17 @@ def _caption_question(objects, patch_object, describe_share: float, rng):
     describe = rng.random() < describe_share
 
     def target(kept_index, read_index) -> str:
-        seen = shapes.objects_touched(objects, patch_object, kept_index)
-        read = shapes.objects_touched(objects, patch_object, read_index)
-        shown = [o for o in read if o not in seen]
-        return shapes.describe_objects(shown if describe else shapes.relevant_objects(q.key, shown))
+        return caption_target(objects, patch_object, None if describe else q.key, kept_index, read_index)
 
     return (shapes.DESCRIBE if describe else q.question), target
+
+
+def caption_target(objects, patch_object, key, kept_index, read_index) -> str:
+    """What a perfect caption model says: the objects the read patches show and the kept ones do
+    not, those a question with ``key`` needs (``key`` None: all of them), in ShapesVQA's names."""
+    seen = shapes.objects_touched(objects, patch_object, kept_index)
+    shown = [o for o in shapes.objects_touched(objects, patch_object, read_index) if o not in seen]
+    return shapes.describe_objects(shown if key is None else shapes.relevant_objects(key, shown))
 
 
 class ImageCaptions:
