@@ -354,6 +354,65 @@ def test_lookup_guides_teach_the_two_hop_lookup_of_a_question_aware_caption():
     uniform = [torch.full((1, 2, length, length), 1.0 / length) for _ in range(2)]
     assert guide_loss(on_keys, [guides]).item() == pytest.approx(0.0, abs=1e-4)
     assert guide_loss(uniform, [guides]).item() > 1.0
+    # attribute lookups on their own head: a question by colour or shape looks, before each object,
+    # at every object still to be named (a content match cannot tell which comes next), and each
+    # read token reads the asked words; a question that names a cell is guided as before
+    moved = lookup_guides(tok, question, caption, read_cells, layout, attribute_head=1)
+    as_sets = lambda gs: sorted((layer, h, np.atleast_1d(q).tolist(), sorted(k.tolist()))  # noqa: E731
+                                for layer, h, q, k in gs)
+    extra = [(0, 1, (read_at + np.arange(5)), asked[0]),
+             (1, 1, start + t_b2 - 1, read_at + np.array([2, 1, 4])),
+             (1, 1, start + t_c4 - 1, read_at + np.array([1, 4]))]
+    kept = [g for g in guides if g[0] == 0]
+    assert as_sets(moved) == as_sets(kept + [(a, b, c, np.array(sorted(d))) for a, b, c, d in extra])
+    by_cell = tok("what color is at c4 ?")["input_ids"]
+    assert as_sets(lookup_guides(tok, by_cell, caption, read_cells, layout, 1)) == as_sets(
+        lookup_guides(tok, by_cell, caption, read_cells, layout))
+    # a guide from many query positions is one term: the mean over them
+    spread = [torch.zeros(1, 2, length, length) for _ in range(2)]
+    for layer, head, q, k in moved:
+        rows = torch.as_tensor(np.atleast_1d(q))[:, None]
+        spread[layer][0, head][rows, torch.as_tensor(k)[None, :]] = 1.0 / len(k)
+    assert guide_loss(spread, [moved]).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_attribute_lookups_keep_their_weight_among_many_cell_lookups():
+    from accm.train.accm import Layout, grouped_guide_loss, guide_loss, lookup_guides
+
+    _, proc = random_llava(seed=2)
+    tok = proc.tokenizer
+    caption = tok("b2 red cross , c4 blue cross .", add_special_tokens=False)["input_ids"]
+    read_cells = np.array(["", "c4", "b2", "", "c4"])
+    by_shape = tok("how many crosses are there ?")["input_ids"]
+    by_cell = tok("what color is at c4 ?")["input_ids"]
+    layout = Layout(question_len=len(by_shape) + 2, prefix_len=5 + 3, caption_len=len(caption))
+    # a plural shape is what a count asks for (it had no question guide before)
+    crosses = layout.question_len - len(by_shape) + 3
+    asked = {tuple(k.tolist()) for layer, head, _, k in lookup_guides(tok, by_shape, caption, read_cells, layout, 1)
+             if (layer, head) == (0, 1)}
+    assert asked == {(crosses,)}
+    attribute = lookup_guides(tok, by_shape, caption, read_cells, layout, 1)
+    cells = lookup_guides(tok, by_cell, caption, read_cells, layout, 1)
+    length = layout.caption_start + layout.caption_len
+    attention = [torch.full((8, 2, length, length), 1.0 / length) for _ in range(2)]
+    for b in range(1, 8):  # seven samples whose cell lookups are already right
+        for layer, head, q, k in cells:
+            rows = torch.as_tensor(np.atleast_1d(q))[:, None]
+            attention[layer][b, head][rows, torch.as_tensor(k)[None, :]] = 1.0 / len(k)
+    batch = [attribute] + [cells] * 7
+    alone = guide_loss([a[:1] for a in attention], [attribute]).item()
+    assert grouped_guide_loss(attention, batch, 1).item() == pytest.approx(alone, rel=1e-5)
+    assert guide_loss(attention, batch).item() < alone / 4  # the plain mean drowns it
+    assert grouped_guide_loss(attention, batch, 0).item() == pytest.approx(guide_loss(attention, batch).item())
+
+
+def test_an_attribute_head_the_caption_lm_lacks_is_refused_before_anything_is_written(tmp_path):
+    from accm.errors import AccmUserError
+    from accm.train.accm import AccmRecipe, train_accm
+
+    with pytest.raises(AccmUserError, match="attribute-head"):
+        train_accm(None, tmp_path / "out", tmp_path / "work", AccmRecipe(caption_heads=4, stage1_attribute_head=4))
+    assert not (tmp_path / "work").exists()
 
 
 def test_accm_train_takes_the_selector_text_format_as_a_checked_flag(capsys):
@@ -410,3 +469,27 @@ def test_a_caption_source_replaces_accm_captions_for_the_llm(toy_compensator, sc
     assert answerer.describe["caption_source"] == "source"
     with pytest.raises(ValueError, match="vision_keep"):
         TorchAnswerer(str(lm.source.path), caption_source=source)
+
+
+def test_the_lookup_diagnostic_reports_each_heads_attention_on_the_asked_object(toy_compensator, tmp_path):
+    """benchmarks/accm_lookups.py on val questions, with a toy caption model."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lm, comp = toy_compensator
+    comp.save(tmp_path / "accm")
+    out = tmp_path / "lookups.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "accm_lookups.py"
+    subprocess.run([sys.executable, str(script), "--model", str(lm.source.path), "--accm-dir", str(tmp_path / "accm"),
+                    "--n", "24", "--json", str(out)], check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["split"] == "val" and report["accm_modules_digest"]
+    families = report["families"]
+    assert families and set(families) <= {"colour", "shape", "count", "exists"}
+    assert 0 < sum(row["n"] for row in families.values()) <= 24
+    for row in families.values():
+        assert len(row["lookup_mass_by_head"]) == comp.caption.cfg.lm_heads
+        assert all(0.0 <= m <= 1.0 for m in row["lookup_mass_by_head"])
+        assert 0.0 <= row["first_token_right"] <= 1.0 and 0.0 <= row["first_token_probability"] <= 1.0

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ..compensation.compensator import Compensator
 from ..data.shapes import NOTHING
+from ..errors import AccmUserError
 from ..models.caption import CaptionConfig, CaptionModel
 from ..models.caption_text import SELECTOR_FORMATS
 from ..models.dims import patch_count
@@ -44,6 +45,7 @@ class AccmRecipe:
     stage1_gate: float = 0.95  # val token accuracy (teacher-forced) of captions that name objects: ends stage 1
     stage1_describe_share: float = 0.5  # ShapesVQA: share of stage 1 samples that describe every read object
     stage1_attention_guide: float = 1.0  # ShapesVQA cached path: weight of the lookup-attention loss (0: off)
+    stage1_attribute_head: int = 0  # >0: layer-1 head guided to what a colour/shape question asks for (0: off)
     stage1_cached_scenes: int = 8000  # ShapesVQA: scenes rendered once with cached vision features (0: on the fly)
     stage2_max_steps: int = 1500  # a cap: stage 2 ends at its validation gate
     stage2_batch: int = 8
@@ -190,7 +192,7 @@ class Layout:
 
 
 def lookup_guides(tokenizer, question_ids: list[int], caption_ids: list[int], read_cells: np.ndarray,
-                  layout: Layout) -> list[tuple[int, int, int, np.ndarray]]:
+                  layout: Layout, attribute_head: int = 0) -> list[tuple[int, int, int, np.ndarray]]:
     """Where a caption's lookups should look, as ``(layer, head, query, keys)`` absolute positions:
     the two-hop circuit a question-aware caption needs (ShapesVQA names).
 
@@ -198,32 +200,58 @@ def lookup_guides(tokenizer, question_ids: list[int], caption_ids: list[int], re
       colour and shape words (what to look for);
     - layer 1, head 0: the position that predicts an object's cell looks at the read tokens that
       show that object (which object is next);
+    - with ``attribute_head`` > 0, a question that asks by colour or shape and names no cell (a
+      match on content, not on position) is looked up on that layer-1 head instead, on the tokens
+      of every object still to be named, and each read token reads the asked words (layer 0,
+      head 1) so that it can tell whether it matches;
     - layer 0, head 0: the positions whose input is the object's cell or its colour (they predict
       its colour and its shape) look at the same tokens.
 
     ``read_cells``: the cell of the object under each read token ("" background)."""
-    from ..data.shapes import CELL_NAMES, COLOURS, SHAPES
+    from ..data.shapes import CELL_NAMES, COLOURS, PLURALS, SHAPES
 
     start, q_pad = layout.caption_start, layout.question_len - len(question_ids)
     q_words = [tokenizer.decode([i]).strip() for i in question_ids]
-    asked = np.array([q_pad + i for i, w in enumerate(q_words) if w in CELL_NAMES or w in COLOURS or w in SHAPES])
+    names = {*CELL_NAMES, *COLOURS, *SHAPES, *(PLURALS.values() if attribute_head else ())}
+    asked = np.array([q_pad + i for i, w in enumerate(q_words) if w in names])
     words = [tokenizer.decode([i]).strip() for i in caption_ids]
     out = [(0, 1, start + t, asked) for t in range(-1, len(caption_ids) - 1)] if asked.size else []
+    by_attribute = bool(asked.size) and attribute_head > 0 and not any(w in CELL_NAMES for w in q_words)
     read_at = layout.question_len
-    for t, word in enumerate(words[:-2]):
-        if word in CELL_NAMES and (on := np.flatnonzero(read_cells == word)).size:
-            out += [(1, 0, start + t - 1, read_at + on), (0, 0, start + t, read_at + on),
-                    (0, 0, start + t + 1, read_at + on)]
+    if by_attribute:  # each read token sees what is asked, so it can tell whether it matches
+        out.append((0, 1, read_at + np.arange(len(read_cells)), asked))
+    named = [(t, np.flatnonzero(read_cells == w)) for t, w in enumerate(words[:-2]) if w in CELL_NAMES]
+    named = [(t, on) for t, on in named if on.size]
+    for k, (t, on) in enumerate(named):
+        if by_attribute:  # a content match cannot tell the next object from the later ones: all that remain
+            out.append((1, attribute_head, start + t - 1, np.concatenate([o for _, o in named[k:]]) + read_at))
+        else:
+            out.append((1, 0, start + t - 1, read_at + on))
+        out += [(0, 0, start + t, read_at + on), (0, 0, start + t + 1, read_at + on)]
     return out
+
+
+def _mass(weights: torch.Tensor, query, keys: np.ndarray) -> torch.Tensor:
+    """Attention mass on ``keys`` from one query position, or from each of an array of them."""
+    return weights[torch.as_tensor(query)][..., torch.as_tensor(keys)].sum(-1)
 
 
 def guide_loss(attention: list[torch.Tensor], guides) -> torch.Tensor:
     """−log of the attention mass each guided head puts on its keys (``lookup_guides``), averaged
     over the guided positions: a direct signal for the lookups that the caption loss alone had not
     formed in 2,500 steps (the question-aware captions stayed at ``none .``; see the model card)."""
-    terms = [torch.log(attention[layer][b, head, query, keys].sum() + 1e-6)
+    terms = [torch.log(_mass(attention[layer][b, head], query, keys) + 1e-6).mean()
              for b, rows in enumerate(guides) for layer, head, query, keys in rows if layer < len(attention)]
     return -torch.stack(terms).mean() if terms else attention[0].new_zeros(())
+
+
+def grouped_guide_loss(attention: list[torch.Tensor], guides, attribute_head: int = 0) -> torch.Tensor:
+    """``guide_loss`` with the samples whose question asks by colour or shape (their lookups on
+    ``attribute_head``) averaged on their own: otherwise their few terms drown among the hundreds
+    of cell lookups the describe captions bring to every batch."""
+    flags = [attribute_head > 0 and any(g[:2] == (1, attribute_head) for g in rows) for rows in guides]
+    groups = [[rows if flag == want else [] for rows, flag in zip(guides, flags)] for want in (False, True)]
+    return sum(guide_loss(attention, group) for group in groups)
 
 
 def val_batches(data, caption: CaptionModel, recipe: AccmRecipe) -> dict:
@@ -267,9 +295,10 @@ def train_stage1(caption: CaptionModel, tokenizer, data, val, recipe: AccmRecipe
         if guided:
             read = caption.mapper.read_index(cb.discarded_index, cb.discarded_scores)
             layout = Layout(max(len(q) for q in qids), prefix.shape[1], max(len(c) for c in cap_ids))
-            guides = [lookup_guides(tokenizer, qids[b], ids, cb.patch_cells[b][read[b].numpy()], layout)
+            head = recipe.stage1_attribute_head
+            guides = [lookup_guides(tokenizer, qids[b], ids, cb.patch_cells[b][read[b].numpy()], layout, head)
                       for b, ids in enumerate(cap_ids)]
-            loss = loss + recipe.stage1_attention_guide * guide_loss(attention, guides)
+            loss = loss + recipe.stage1_attention_guide * grouped_guide_loss(attention, guides, head)
         checkpoint.optimise(opt, params, loss, schedule.lr(step))
         step += 1
         bar.update(1)
@@ -498,6 +527,9 @@ def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe |
     from .accm_data import ShapesSource, held_out
 
     recipe = recipe or AccmRecipe()
+    if not 0 <= recipe.stage1_attribute_head < recipe.caption_heads:
+        raise AccmUserError(f"--stage1-attribute-head must name one of the caption LM's {recipe.caption_heads} heads "
+                            "(1 or more; 0: off)")
     work, output = Path(work), Path(output)
     work.mkdir(parents=True, exist_ok=True)
     (work / "accm_recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
