@@ -39,7 +39,7 @@ def lookups(answerer, samples) -> dict:
         target = caption_target(scene.objects, scene.patch_object, s.key, vision.kept_index[0].numpy(), read)
         if target.strip() == shapes.NOTHING:
             continue
-        cells = np.array([""] + [o.cell for o in scene.objects])[scene.patch_object + 1][read]
+        cells = shapes.patch_cells(scene.objects, scene.patch_object)[read]
         on = np.flatnonzero(cells == target.split()[0])
         question, caption = [tok(s.question)["input_ids"]], [_caption_ids(tok, target, cap.cfg)]
         attention: list = []

@@ -430,6 +430,11 @@ def objects_touched(scene_objects, patch_object: np.ndarray, kept) -> list:
     return [scene_objects[i] for i in hit]
 
 
+def patch_cells(scene_objects, patch_object: np.ndarray) -> np.ndarray:
+    """Per patch, the cell name of the object covering it ("" where none does)."""
+    return np.array([""] + [o.cell for o in scene_objects])[np.asarray(patch_object) + 1]
+
+
 def parse_description(text: str) -> list[tuple[str, str, str]]:
     """``(cell, colour, shape)`` triples from a description; unreadable parts are skipped."""
     out = []

@@ -133,7 +133,7 @@ class CachedShapesCaptions:
         discarded_index = complement(kept, scores.shape[1])
         questions, targets = zip(*(_caption_question(self.pool.objects[r], self.pool.patch_object[r],
                                                      self.describe_share, rng) for r in rows))
-        cells = [np.array([""] + [o.cell for o in self.pool.objects[r]])[self.pool.patch_object[r] + 1] for r in rows]
+        cells = [shapes.patch_cells(self.pool.objects[r], self.pool.patch_object[r]) for r in rows]
         return CaptionBatch(kept, gather_rows(feats, discarded_index), discarded_index,
                             torch.gather(scores, 1, discarded_index), list(questions), list(targets), cells)
 
