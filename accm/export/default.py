@@ -46,9 +46,15 @@ def ensure_bundle(model: str | None, options: dict, progress: bool = True) -> Pa
     if current_format(path):  # an older format in the cache is exported again
         return path
     try:
+        from filelock import FileLock
+
         from .exporter import ExportConfig, export_bundle
     except ImportError as e:
         raise AccmUserError(f"no cached bundle for this configuration, and exporting one needs the [export] "
                             f"extra ({e.name} is missing): pip install 'accm[export]'") from None
-    export_bundle(model, path, ExportConfig.from_options(options), overwrite=True, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # processes starting together (serve replicas, test workers) export once; the rest wait and reuse it
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        if not current_format(path):
+            export_bundle(model, path, ExportConfig.from_options(options), overwrite=True, progress=progress)
     return path
