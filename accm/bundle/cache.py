@@ -22,3 +22,9 @@ def bundle_path(source, digest: str, config: dict) -> Path:
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in source.name)[-40:]
     return cache_root() / "bundles" / f"{safe}-{digest[:12]}-{key}"
+
+
+def export_lock_path(bundle: Path) -> Path:
+    """The lock that processes exporting the same default bundle take turns on: kept out of
+    ``bundles/`` so that directory holds only bundles."""
+    return cache_root() / "locks" / f"{bundle.name}.lock"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..bundle.cache import bundle_path
+from ..bundle.cache import bundle_path, export_lock_path
 from ..bundle.manifest import current_format
 from ..errors import AccmUserError
 from ..models.registry import checkpoint_digest, resolve
@@ -52,9 +52,10 @@ def ensure_bundle(model: str | None, options: dict, progress: bool = True) -> Pa
     except ImportError as e:
         raise AccmUserError(f"no cached bundle for this configuration, and exporting one needs the [export] "
                             f"extra ({e.name} is missing): pip install 'accm[export]'") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = export_lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
     # processes starting together (serve replicas, test workers) export once; the rest wait and reuse it
-    with FileLock(str(path.parent / f".{path.name}.lock")):
+    with FileLock(str(lock)):
         if not current_format(path):
             export_bundle(model, path, ExportConfig.from_options(options), overwrite=True, progress=progress)
     return path
