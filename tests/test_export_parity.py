@@ -74,6 +74,17 @@ def test_tiny_bundle_matches_reference_on_50_prompts(tiny_bundles, tiny_question
     assert_parity(model, proc, bundles[config], keep, sched, images, prompts)
 
 
+def test_a_schedule_that_drops_every_image_token_matches_reference(tiny_bundles, tmp_path):
+    """A per-layer count of 0 (G-Search may end there) exports and answers like the reference."""
+    model, proc, bundles = tiny_bundles
+    loaded = loaded_model(model, proc, tmp_path / "model")
+    bundle = tmp_path / "drop_all"
+    export_bundle(None, bundle, ExportConfig(vision_keep=64, schedule=Schedule.parse("layers:64,16,0,0")),
+                  progress=False, loaded=loaded)
+    images, prompts = questions(10)
+    assert_parity(model, proc, bundle, 64, "layers:64,16,0,0", images, prompts)
+
+
 class _Select(torch.nn.Module):
     def __init__(self, k):
         super().__init__()

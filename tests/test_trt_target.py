@@ -51,6 +51,16 @@ def test_plugin_node_contract(trt_bundle):
     assert load_manifest(bundle)["target"] == "trt"
 
 
+def test_a_layer_that_keeps_no_image_token_gets_no_plugin_node(tmp_path):
+    """The plugin needs k >= 1: a schedule ending at 0 selects nothing there, so emits no node."""
+    model, proc = random_llava(seed=42)
+    loaded = loaded_model(model, proc, tmp_path / "model")
+    config = ExportConfig(vision_keep=64, schedule=Schedule.parse("layers:64,32,0,0"), target="trt")
+    export_bundle(None, tmp_path / "bundle", config, progress=False, loaded=loaded)
+    _, nodes = _plugin_nodes(tmp_path / "bundle" / "llm_prefill.onnx")
+    assert [{a.name: a.i for a in n.attribute}["k"] for n in nodes] == [32]
+
+
 def test_standard_op_form_reproduces_the_reference(trt_bundle, tmp_path):
     model, proc, bundle = trt_bundle
     std = standard_bundle(bundle, tmp_path / "std")

@@ -128,15 +128,19 @@ class PrefillStage(nn.Module):
         for li, layer in enumerate(self.decoder.layers):
             if li in self.points:
                 k = self.points[li]
-                probs = last_query_attention(self.decoder.layers[li - 1], prev[0], prev[1], valid, query)
-                cols = start[:, None] + torch.arange(n_cur, device=input_ids.device)[None]
-                scores = torch.gather(probs, 2, cols[:, None, :].expand(-1, probs.shape[1], -1)).mean(dim=1)
-                _, sel = token_topk(scores, gather_tokens(hidden, cols), k, False, self.target)
                 new_len = hidden.shape[1] - n_cur + k
                 j = torch.arange(new_len, device=input_ids.device)[None]
                 rel = j - start[:, None]
                 inside = (rel >= 0) & (rel < k)
-                image_src = start[:, None] + torch.gather(sel, 1, rel.clamp(0, k - 1))
+                if k > 0:
+                    probs = last_query_attention(self.decoder.layers[li - 1], prev[0], prev[1], valid, query)
+                    cols = start[:, None] + torch.arange(n_cur, device=input_ids.device)[None]
+                    scores = torch.gather(probs, 2, cols[:, None, :].expand(-1, probs.shape[1], -1)).mean(dim=1)
+                    _, sel = token_topk(scores, gather_tokens(hidden, cols), k, False, self.target)
+                    image_src = start[:, None] + torch.gather(sel, 1, rel.clamp(0, k - 1))
+                else:  # every image token dropped: nothing to score or select (the plugin needs k >= 1)
+                    sel = alive[:, :0]
+                    image_src = j.expand(bsz, -1)
                 index = torch.where(inside, image_src, torch.where(rel < 0, j, j + (n_cur - k)))
                 hidden = gather_tokens(hidden, index)
                 positions = torch.gather(positions, 1, index)
