@@ -221,12 +221,13 @@ def _versus_val(r: dict) -> str:
 
 
 def search(rep: dict) -> str:
-    rows = [[r["name"], r["schedule"] if len(r["schedule"]) < 60 else r["schedule"][:57] + "…",
+    rows = [[r["name"], str(r.get("vision_keep") or "all"),
+             r["schedule"] if len(r["schedule"]) < 60 else r["schedule"][:57] + "…",
              _ci({"accuracy": r["test_accuracy"], "ci95": r.get("test_ci95")}),
              _diff(r.get("vs_full")) if r.get("vs_full") else _num(r["delta_vs_full_points"], "+.1f"),
              _diff(r.get("vs_matched")), _versus_val(r),
              _num(r["mean_tokens"], ".0f"), _num(r["prefill_flops_ratio"], ".3f")] for r in rep["rows"]]
-    head = ["schedule", "per-layer counts", "test accuracy % (95% CI)", "vs full (pts, paired 95% CI)",
+    head = ["schedule", "vision keep", "per-layer counts", "test accuracy % (95% CI)", "vs full (pts, paired 95% CI)",
             "vs FastV at equal FLOPs (test pts, paired 95% CI)", "same on val (pts ± SE)",
             "mean image tokens/layer", "prefill FLOPs ratio"]
     se = f", val score SE ≈ {100 * rep['val_se']:.1f} pts" if rep.get("val_se") else ""

@@ -7,9 +7,14 @@ paired difference to full tokens (same questions); each P-Sigmoid schedule also 
 difference to the FastV schedule whose FLOPs it matched, on test here and on val (with its
 standard error) in its search record. G-Search accepts a layer only where the drop
 is within ``--tolerance`` plus ``--z`` paired standard errors of the validation score, so it does
-not chase noise. Writes a JSON table and an accuracy-vs-FLOPs plot.
+not chase noise. It runs twice: inside the LLM only (the paper's setting), and starting one step
+shallower at the vision tower's CLS top-k (``--vision-keep auto``), shown beside that vision keep
+alone. Writes a JSON table and an accuracy-vs-FLOPs plot.
 
     python benchmarks/search.py --val-n 600 --trials 30 --test-n 1000 --test-seed 103 --out benchmarks/results
+
+``--reuse`` keeps search outputs already in ``--out`` for the same model (checkpoint digest) and
+only measures them on test again.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _search(*args: str) -> None:
+def _search(*args: str, reuse_for: str | None = None) -> None:
+    """Run one accm-search command; with ``reuse_for`` (a model digest), skip it when its output
+    file already holds a result for that model."""
+    output = Path(args[args.index("--output") + 1])
+    if reuse_for and output.exists() and json.loads(output.read_text()).get("model_digest") == reuse_for:
+        print(f"reusing {output}", flush=True)
+        return
     subprocess.run([sys.executable, "-m", "accm.cli.search", *args, "--quiet"], check=True)
 
 
@@ -34,6 +45,7 @@ def main() -> None:
     from accm.measure.latency import machine
     from accm.models.loading import load_llava
     from accm.models.prompt import mean_text_tokens
+    from accm.models.registry import checkpoint_digest
     from accm.pruning.flops import dims_from_config, schedule_flops_ratio
     from accm.pruning.schedule import Schedule
 
@@ -47,38 +59,47 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--matches", nargs="+", default=["fastv:2:64", "fastv:2:18"])
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--reuse", action="store_true", help="keep this model's search outputs already in --out")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    lm = load_llava(args.model)
+    reuse = checkpoint_digest(lm.source.path) if args.reuse else None
     common = ["--model", args.model, "--n", str(args.val_n)]
-    _search("ranks", *common, "--output", str(out / "ranks.json"), "--plot", str(out / "ranks.png"))
-    _search("gsearch", *common, "--tolerance", str(args.tolerance), "--z", str(args.z),
-            "--output", str(out / "gsearch.json"))
+    subprocess.run([sys.executable, "-m", "accm.cli.search", "ranks", *common, "--output", str(out / "ranks.json"),
+                    "--plot", str(out / "ranks.png"), "--quiet"], check=True)
+    gsearch = ["--tolerance", str(args.tolerance), "--z", str(args.z)]
+    _search("gsearch", *common, *gsearch, "--output", str(out / "gsearch.json"), reuse_for=reuse)
+    _search("gsearch", *common, *gsearch, "--vision-keep", "auto", "--output", str(out / "gsearch_vision.json"),
+            reuse_for=reuse)
     for spec in args.matches:
         name = spec.replace(":", "_")
         _search("psigmoid", *common, "--match", spec, "--trials", str(args.trials), "--output",
-                str(out / f"psigmoid_{name}.json"))
+                str(out / f"psigmoid_{name}.json"), reuse_for=reuse)
 
-    lm = load_llava(args.model)
     dims = dims_from_config(lm.model.config)
     questions = [s.question for s in shapes.benchmark("test", 100, args.test_seed)]
     n_text = mean_text_tokens(lambda t: lm.processor.tokenizer(t)["input_ids"], lm.template, questions,
                               lm.model.config.image_token_index)
-    entries = [("full", "none", None), (f"G-Search (tol {args.tolerance:g} + {args.z:g} SE)",
-                                         str(out / "gsearch.json"), None)]
+    tol = f"tol {args.tolerance:g} + {args.z:g} SE"
+    with_vision = Schedule.load(out / "gsearch_vision.json")
+    vision_keep = with_vision.meta["vision_keep"]
+    entries = [("full", "none", None, None), (f"G-Search ({tol})", str(out / "gsearch.json"), None, None),
+               (f"vision CLS top-{vision_keep} (as G-Search found)", "none", vision_keep, None),
+               (f"G-Search from the vision tower ({tol})", with_vision, vision_keep, None)]
     for spec in args.matches:
-        entries += [(spec, spec, None),
-                    (f"P-Sigmoid @ {spec} FLOPs", str(out / f"psigmoid_{spec.replace(':', '_')}.json"), spec)]
+        entries += [(spec, spec, None, None),
+                    (f"P-Sigmoid @ {spec} FLOPs", str(out / f"psigmoid_{spec.replace(':', '_')}.json"), None, spec)]
     rows = []
-    for name, spec, matched in entries:
+    for name, spec, keep, matched in entries:
         sched = Schedule.parse(spec)
-        res = evaluate(TorchAnswerer(args.model, schedule=sched), n=args.test_n, seed=args.test_seed,
+        res = evaluate(TorchAnswerer(args.model, keep, schedule=sched), n=args.test_n, seed=args.test_seed,
                        progress=False, keep_hits=True)
-        rows.append({"name": name, "schedule": sched.spec(), "test_accuracy": res["accuracy"],
-                     "test_ci95": res["ci95"], "hits": res.pop("hits"),
-                     "per_family": res["per_family"], "prefill_flops_ratio": schedule_flops_ratio(dims, sched, n_text),
-                     "mean_tokens": sched.mean_tokens(dims.layers, dims.patches), "search": sched.meta or None,
-                     "matched": matched})
+        rows.append({"name": name, "vision_keep": keep, "schedule": sched.spec(), "test_accuracy": res["accuracy"],
+                     "test_ci95": res["ci95"], "hits": res.pop("hits"), "per_family": res["per_family"],
+                     "prefill_flops_ratio": schedule_flops_ratio(dims, sched, n_text, keep),
+                     "mean_tokens": sched.mean_tokens(dims.layers, keep or dims.patches),
+                     "search": sched.meta or None, "matched": matched})
         print(f"{name:32s} acc={res['accuracy']:.3f} flops={rows[-1]['prefill_flops_ratio']:.3f}", flush=True)
     full, full_hits = rows[0]["test_accuracy"], rows[0]["hits"]
     for r in rows:
@@ -111,7 +132,7 @@ def plot(rows, path: Path, model: str) -> None:
         marker = "*" if "Search" in r["name"] or "Sigmoid" in r["name"] else "o"
         ax.plot(r["prefill_flops_ratio"], r["test_accuracy"], marker, markersize=10 if marker == "*" else 7,
                 label=r["name"])
-    ax.set_xlabel("LLM prefill FLOPs ratio vs 576 tokens")
+    ax.set_xlabel("LLM prefill FLOPs ratio vs 576 tokens (vision tower not counted)")
     ax.set_ylabel("ShapesVQA test accuracy")
     ax.set_title(f"{model}: searched schedules vs FastV", fontsize=9)
     ax.legend(fontsize=7)

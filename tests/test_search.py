@@ -69,6 +69,31 @@ def test_gsearch_with_z_accepts_only_cuts_whose_upper_bound_fits_the_tolerance()
     assert drop_loose <= 0.01 + 1e-12 and se_loose > 0
 
 
+def _vision_oracle(need: list[int], evaluations: list[int]):
+    """Evaluators per vision keep (recorded in ``evaluations``); layer 0 sees the vision keep, and
+    the score degrades with the shortfall of any layer against its need."""
+
+    def evaluator_for_keep(keep: int):
+        evaluations.append(keep)
+        return search.CachedEvaluator(_monotone_oracle(need))
+
+    return evaluator_for_keep
+
+
+def test_gsearch_with_vision_finds_the_vision_keep_then_the_layers():
+    made = []
+    keep, counts = search.g_search_with_vision(_vision_oracle([200, 200, 150, 150, 80, 0], made), 6, 576)
+    assert keep == 200 and counts == [200, 200, 150, 150, 80, 0]
+    assert made[0] == 576  # the reference is the full-token input, whatever the vision keep
+
+
+def test_gsearch_with_vision_spends_one_tolerance_measured_from_full_tokens():
+    tolerance = 60 / (576 * 6)
+    keep, counts = search.g_search_with_vision(_vision_oracle([200] * 6, []), 6, 576, tolerance)
+    assert keep == 190  # 6 layers x 10 tokens short: the vision cut spends the whole tolerance
+    assert counts == [190] * 6  # so no layer may cut further
+
+
 def test_paired_drop_standard_error():
     full = np.array([1, 1, 1, 1, 0, 0, 1, 1], float)
     other = np.array([1, 0, 1, 1, 0, 1, 1, 0], float)
@@ -192,6 +217,18 @@ def test_search_cli_on_a_tiny_model(tmp_path, capsys, monkeypatch):
     assert cli.main(["gsearch", "--model", str(tmp_path / "m"), "--n", "8", "--quiet",
                      "--output", str(tmp_path / "g.json")]) == 0
     assert Schedule.load(tmp_path / "g.json").meta["evaluations"] >= 1
+    # on the vision tower's top 40: the schedule starts there, and its drop is from full tokens
+    assert cli.main(["gsearch", "--model", str(tmp_path / "m"), "--n", "8", "--quiet", "--vision-keep", "40",
+                     "--tolerance", "1", "--output", str(tmp_path / "gv.json")]) == 0
+    on_top = Schedule.load(tmp_path / "gv.json")
+    assert on_top.meta["vision_keep"] == 40 and on_top.counts == (40, 0, 0, 0)
+    assert on_top.meta["full_score"] - on_top.meta["score"] == pytest.approx(on_top.meta["drop"])
+    assert cli.main(["gsearch", "--model", str(tmp_path / "m"), "--n", "8", "--quiet", "--vision-keep", "auto",
+                     "--tolerance", "1", "--output", str(tmp_path / "ga.json")]) == 0
+    assert Schedule.load(tmp_path / "ga.json").meta["vision_keep"] == 1  # any cut fits a tolerance of 1
+    capsys.readouterr()
+    assert cli.main(["gsearch", "--model", str(tmp_path / "m"), "--vision-keep", "577", "--quiet"]) == 2
+    assert "--vision-keep must be 1..576" in capsys.readouterr().err
     assert cli.main(["ranks", "--model", str(tmp_path / "m"), "--n", "4", "--quiet",
                      "--output", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]) == 0
     ranks = json.loads((tmp_path / "r.json").read_text())
@@ -204,3 +241,27 @@ def test_search_cli_on_a_tiny_model(tmp_path, capsys, monkeypatch):
     assert run.main(["--model", str(tmp_path / "m"), "--vision-keep", "all", "--schedule", str(out), "--image",
                      "examples/shapes_1.png", "--prompt", "what is here ?", "--max-new-tokens", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tokens"]["llm_image_tokens_per_layer"] == list(sched.counts)
+    # a schedule searched on a vision-pruned input runs with that keep, and says so without it
+    ask = ["--model", str(tmp_path / "m"), "--schedule", str(tmp_path / "gv.json"), "--image",
+           "examples/shapes_1.png", "--prompt", "what is here ?", "--max-new-tokens", "2", "--json"]
+    assert run.main([*ask, "--vision-keep", "40"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"]["llm_image_tokens_per_layer"] == [40, 0, 0, 0]
+    assert run.main([*ask, "--vision-keep", "all"]) == 2
+    assert "run it with --vision-keep 40" in capsys.readouterr().err
+
+
+def test_unlabelled_validation_is_scored_against_the_reference_answers_given():
+    from PIL import Image
+
+    from accm.models.templates import LLAVA_HF
+    from accm.pruning.search_eval import ScheduleScorer, ValSample
+
+    from .conftest import random_llava
+
+    model, proc = random_llava(seed=52)
+    samples = [ValSample(Image.new("RGB", (64, 64), c), "what is here ?", None) for c in ("red", "blue")]
+    full = [576] * 4
+    own = ScheduleScorer(model, proc, LLAVA_HF, samples, max_new_tokens=2)
+    assert own.metric.startswith("agreement") and own(full) == 1.0  # its own answers
+    given = ScheduleScorer(model, proc, LLAVA_HF, samples, max_new_tokens=2, reference=["(not an answer)"] * 2)
+    assert given.reference == ["(not an answer)"] * 2 and given(full) == 0.0

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 
-from ._common import Parser, run_cli
+from ._common import Parser, keep_count, run_cli
 
 
 def _run(job):
@@ -22,6 +22,10 @@ def _run(job):
         return 0
 
     return go
+
+
+def _vision_keep(value: str) -> int | str | None:
+    return "auto" if value.lower() == "auto" else keep_count(value)
 
 
 def build_parser() -> Parser:
@@ -49,6 +53,10 @@ def build_parser() -> Parser:
     g.add_argument("--z", type=float, default=0.0,
                    help="accept a cut only if drop + z x its paired standard error <= tolerance "
                         "(1.645: one-sided 95%%)")
+    g.add_argument("--vision-keep", type=_vision_keep, default=None, metavar="K|auto",
+                   help="prune to the vision tower's CLS top-K first (the schedule then needs the same "
+                        "--vision-keep wherever it runs); auto: search K first, against the same "
+                        "tolerance from full tokens (default: no vision pruning)")
     g.set_defaults(func=_run("run_gsearch"))
     s = sub.add_parser("psigmoid", help="P-Sigmoid curve tuned by Bayesian optimisation for a budget")
     common(s)

@@ -142,8 +142,11 @@ class Schedule:
                              f"{num_layers} decoder layers")
         counts = [min(c, n_image) for c in self.counts]
         if counts[0] != n_image:
+            searched = self.meta.get("vision_keep")
+            hint = f"; it was searched on the vision tower's top {searched}: run it with --vision-keep {searched}" \
+                if searched else ""
             raise ValueError(f"layer 0 cannot be pruned (no attention before it): the schedule keeps "
-                             f"{counts[0]} of {n_image} image tokens there")
+                             f"{counts[0]} of {n_image} image tokens there{hint}")
         return counts
 
     def prune_points(self, num_layers: int, n_image: int) -> dict[int, int]:

@@ -6,7 +6,9 @@ No public code exists; this follows the abstract and ``research/papers.md`` §2.
   count (bisection on integers, never above the previous layer's) such that the validation
   score stays within ``tolerance`` of the full-token model when that layer *and every deeper
   one* keep that count. Under the paper's assumption (the essential set never grows with depth)
-  a greedy choice never has to be revisited.
+  a greedy choice never has to be revisited. ``g_search_with_vision`` starts one step
+  shallower, at the vision tower's output (the paper also runs G-Search on top of
+  prompt-agnostic compressors): the fewest CLS top-k tokens first, then the layers.
 - **P-Sigmoid**: kept ratio ``r(l) = r_min + (1 - r_min) / (1 + exp(s (l - l0)))`` for layers
   ``l >= 1``, clipped to [0, 1] (layer 0 always keeps all). A budget fixes the midpoint ``l0``
   given ``(s, r_min)`` (bisection: kept tokens grow with l0, and a far-left l0 reaches the floor
@@ -69,39 +71,83 @@ def paired_drop(full: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     return drop, float("inf") if math.isnan(se) else se
 
 
+def smallest_accepted(accept: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The smallest integer in ``[lo, hi]`` that ``accept`` takes, by bisection (acceptance is
+    assumed monotone: more tokens never hurt); ``hi`` itself is never asked."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if accept(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
+def _acceptor(evaluate: CachedEvaluator, reference_score: float, reference_hits: np.ndarray | None,
+              tolerance: float, z: float) -> Callable[[list[int]], bool]:
+    """Whether a schedule's validation drop from the reference fits ``tolerance``; with ``z > 0``
+    (and per-sample hits) the upper confidence bound ``drop + z · SE`` must, SE being the paired
+    standard error of the drop on the same questions."""
+
+    def accept(candidate: list[int]) -> bool:
+        score = evaluate(candidate)
+        if z > 0 and reference_hits is not None:
+            drop, se = paired_drop(reference_hits, evaluate.samples[tuple(int(c) for c in candidate)])
+            return drop + z * se <= tolerance
+        return score >= reference_score - tolerance
+
+    return accept
+
+
 def g_search(evaluate: CachedEvaluator, num_layers: int, n_image: int, tolerance: float = 0.0,
-             progress: Callable[[int, list[int]], None] | None = None, z: float = 0.0) -> list[int]:
+             progress: Callable[[int, list[int]], None] | None = None, z: float = 0.0,
+             reference: tuple[float, np.ndarray | None] | None = None) -> list[int]:
     """The per-layer counts found shallow to deep (non-increasing, layer 0 = ``n_image``).
 
     A candidate is accepted when its validation drop from the full-token score is at most
     ``tolerance``; with ``z > 0`` (and per-sample hits from the evaluator) when the upper
-    confidence bound ``drop + z · SE`` is, SE being the paired standard error of the drop on the
-    same questions: so the validation set's own noise cannot let a harmful cut through.
+    confidence bound ``drop + z · SE`` is: so the validation set's own noise cannot let a harmful
+    cut through. ``reference`` (score, per-sample hits) replaces the full-token score of this
+    evaluator's input, e.g. when that input is already vision-pruned (``g_search_with_vision``).
     """
     full = [n_image] * num_layers
-    full_score = evaluate(full)
-    full_hits = evaluate.samples.get(tuple(full))
-
-    def accept(candidate: list[int]) -> bool:
-        score = evaluate(candidate)
-        if z > 0 and full_hits is not None:
-            drop, se = paired_drop(full_hits, evaluate.samples[tuple(int(c) for c in candidate)])
-            return drop + z * se <= tolerance
-        return score >= full_score - tolerance
-
+    if reference is None:
+        reference = (evaluate(full), evaluate.samples.get(tuple(full)))
+    accept = _acceptor(evaluate, *reference, tolerance, z)
     counts = list(full)
     for layer in range(1, num_layers):
-        lo, hi = 0, counts[layer - 1]
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if accept(counts[:layer] + [mid] * (num_layers - layer)):
-                hi = mid
-            else:
-                lo = mid + 1
-        counts[layer:] = [hi] * (num_layers - layer)
+        def accept_here(c: int, layer: int = layer) -> bool:  # this layer and every deeper one keep c
+            return accept(counts[:layer] + [c] * (num_layers - layer))
+
+        keep = smallest_accepted(accept_here, 0, counts[layer - 1])
+        counts[layer:] = [keep] * (num_layers - layer)
         if progress is not None:
             progress(layer, counts)
     return counts
+
+
+def g_search_with_vision(evaluator_for_keep: Callable[[int], CachedEvaluator], num_layers: int, n_patches: int,
+                         tolerance: float = 0.0, progress: Callable[[int, list[int]], None] | None = None,
+                         z: float = 0.0) -> tuple[int, list[int]]:
+    """G-Search extended one step shallower: first the fewest image tokens the vision tower
+    hands over (its CLS top-k), then each decoder layer as in ``g_search``, every cut measured
+    against the full-token input, so the whole schedule stays within ``tolerance`` of it.
+
+    ``evaluator_for_keep(k)`` scores LLM schedules on the input with ``k`` vision-kept tokens
+    (``k = n_patches``: no vision pruning). Returns ``(vision keep, per-layer counts)``;
+    ``progress`` is called with layer ``-1`` once the vision keep is fixed."""
+    full = [n_patches] * num_layers
+    full_evaluator = evaluator_for_keep(n_patches)
+    reference = (full_evaluator(full), full_evaluator.samples.get(tuple(full)))
+
+    def accept_keep(keep: int) -> bool:
+        return _acceptor(evaluator_for_keep(keep), *reference, tolerance, z)([keep] * num_layers)
+
+    keep = smallest_accepted(accept_keep, 1, n_patches)
+    if progress is not None:
+        progress(-1, [keep] * num_layers)
+    counts = g_search(evaluator_for_keep(keep), num_layers, keep, tolerance, progress, z, reference)
+    return keep, counts
 
 
 def sigmoid_ratios(s: float, l0: float, r_min: float, num_layers: int) -> np.ndarray:

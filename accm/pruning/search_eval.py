@@ -42,10 +42,12 @@ def jsonl_val(path: str | Path) -> list[ValSample]:
 
 
 class ScheduleScorer:
-    """``scorer(counts) -> score`` on a fixed validation set (answers are cached per schedule)."""
+    """``scorer(counts) -> score`` on a fixed validation set (answers are cached per schedule).
+    Without answers, a schedule is scored by agreement with ``reference`` (default: this input's
+    own answers with no LLM pruning; pass the full-token answers when the input is vision-pruned)."""
 
     def __init__(self, model, processor, template: str, samples: list[ValSample], batch_size: int = 16,
-                 max_new_tokens: int = 4, vision_keep: int | None = None):
+                 max_new_tokens: int = 4, vision_keep: int | None = None, reference: list[str] | None = None):
         self.ref = ReferencePipeline(model, processor, vision_keep=vision_keep, template=template)
         self.samples = samples
         self.batch_size = batch_size
@@ -53,7 +55,7 @@ class ScheduleScorer:
         self.labelled = all(s.answer is not None for s in samples)
         self.metric = "accuracy" if self.labelled else "agreement with the full-token model"
         self._prepared = None
-        self.reference = None if self.labelled else self.answers(Schedule.none())
+        self.reference = None if self.labelled else (reference or self.answers(Schedule.none()))
 
     def _batches(self):
         if self._prepared is None:  # vision + prompt embedding once; only the LLM depends on the schedule

@@ -25,6 +25,7 @@ class SearchOptions:
     plot: str | None = None  # ranks: heatmap PNG
     tolerance: float = 0.0  # gsearch
     z: float = 0.0  # gsearch
+    vision_keep: int | str | None = None  # gsearch: CLS top-k before the LLM; "auto": searched first
     budget_tokens: float | None = None  # psigmoid
     budget_flops: float | None = None
     match: str | None = None
@@ -58,11 +59,12 @@ def run_ranks(args: SearchOptions) -> dict:
     return result
 
 
-def _scorer(lm, samples, args):
+def _scorer(lm, samples, args, vision_keep: int | None = None, reference: list[str] | None = None):
     from .search import CachedEvaluator
     from .search_eval import ScheduleScorer
 
-    scorer = ScheduleScorer(lm.model, lm.processor, lm.template, samples, batch_size=args.batch_size)
+    scorer = ScheduleScorer(lm.model, lm.processor, lm.template, samples, batch_size=args.batch_size,
+                            vision_keep=vision_keep, reference=reference)
     return scorer, CachedEvaluator(scorer.hits)
 
 
@@ -90,27 +92,58 @@ def run_gsearch(args: SearchOptions) -> dict:
     from ..stats import standard_error
     from .flops import schedule_flops_ratio
     from .schedule import Schedule
-    from .search import g_search, paired_drop
+    from .search import g_search, g_search_with_vision, paired_drop
 
     lm, samples, val, digest = _context(args)
-    scorer, evaluate = _scorer(lm, samples, args)
     dims, n_text = _dims(lm, samples)
-    t0 = time.perf_counter()
-    bar = tqdm(total=dims.layers - 1, desc="G-Search", unit="layer", disable=args.quiet)
-    counts = g_search(evaluate, dims.layers, dims.patches, args.tolerance,
-                      progress=lambda layer, c: (bar.update(), bar.set_postfix_str(str(c[layer]))), z=args.z)
-    bar.close()
     full_counts = [dims.patches] * dims.layers
-    full = evaluate(full_counts)
-    score = evaluate(counts)
-    drop, se = paired_drop(evaluate.samples[tuple(full_counts)], evaluate.samples[tuple(counts)])
+    made = {}  # vision keep -> evaluator; only the latest input's scorer (and its prepared tensors) is kept
+    labels = {}  # unlabelled val: the full-token answers every input is scored against
+
+    def evaluator_for_keep(keep: int):
+        evaluator = made.get(keep)
+        if evaluator is None or evaluator.evaluate is None:
+            for other in made.values():
+                other.evaluate = None  # cached scores stay
+            scorer, fresh = _scorer(lm, samples, args, None if keep >= dims.patches else keep,
+                                    labels.get("reference"))
+            labels.setdefault("reference", scorer.reference)
+            labels["metric"] = scorer.metric
+            evaluator = made.setdefault(keep, fresh)
+            evaluator.evaluate = fresh.evaluate
+        return evaluator
+
+    keep = args.vision_keep
+    if keep not in (None, "auto") and not 1 <= int(keep) <= dims.patches:
+        raise AccmUserError(f"--vision-keep must be 1..{dims.patches} or auto, got {keep}")
+    keep = None if keep == dims.patches else keep
+    t0 = time.perf_counter()
+    bar = tqdm(total=dims.layers - 1 + (keep is not None), desc="G-Search", unit="stage", disable=args.quiet)
+    progress = lambda layer, c: (bar.update(), bar.set_postfix_str(str(c[max(layer, 0)])))  # noqa: E731
+    if keep == "auto":
+        keep, counts = g_search_with_vision(evaluator_for_keep, dims.layers, dims.patches, args.tolerance,
+                                            progress, args.z)
+    else:
+        full = evaluator_for_keep(dims.patches)
+        reference = (full(full_counts), full.samples.get(tuple(full_counts)))
+        if keep is not None:
+            progress(-1, [keep] * dims.layers)
+        keep = dims.patches if keep is None else int(keep)
+        counts = g_search(evaluator_for_keep(keep), dims.layers, keep, args.tolerance, progress, args.z, reference)
+    bar.close()
+    full, found = made[dims.patches], made[keep]
+    score = found(counts)
+    drop, se = paired_drop(full.samples[tuple(full_counts)], found.samples[tuple(counts)])
+    vision = {} if keep >= dims.patches else {"vision_keep": keep}
     return _write(args, counts, {
-        "method": "gsearch", "model": lm.source.name, "model_digest": digest, "metric": scorer.metric,
-        "score": score, "full_score": full, "val_n": len(samples),
+        "method": "gsearch", "model": lm.source.name, "model_digest": digest, "metric": labels["metric"],
+        **vision, "score": score, "full_score": full(full_counts), "val_n": len(samples),
         "score_se": standard_error(score, len(samples)), "drop": drop, "drop_se": se,
         "tolerance": args.tolerance, "z": args.z, "val": val,
-        "prefill_flops_ratio": schedule_flops_ratio(dims, Schedule.per_layer(counts), n_text),
-        "evaluations": evaluate.log.evaluations, "seconds": round(time.perf_counter() - t0, 1)})
+        "prefill_flops_ratio": schedule_flops_ratio(dims, Schedule.per_layer(counts), n_text,
+                                                    vision.get("vision_keep")),
+        "evaluations": sum(e.log.evaluations for e in made.values()),
+        "seconds": round(time.perf_counter() - t0, 1)})
 
 
 def _versus(evaluate, counts: list[int], baseline: list[int]) -> dict:
