@@ -246,8 +246,9 @@ def test_search_cli_on_a_tiny_model(tmp_path, capsys, monkeypatch):
            "examples/shapes_1.png", "--prompt", "what is here ?", "--max-new-tokens", "2", "--json"]
     assert run.main([*ask, "--vision-keep", "40"]) == 0
     assert json.loads(capsys.readouterr().out)["tokens"]["llm_image_tokens_per_layer"] == [40, 0, 0, 0]
-    assert run.main([*ask, "--vision-keep", "all"]) == 2
-    assert "run it with --vision-keep 40" in capsys.readouterr().err
+    for other in (["--vision-keep", "all"], ["--vision-keep", "20"], []):  # [] : accm-run's default keep
+        assert run.main([*ask, *other]) == 2
+        assert "run it with --vision-keep 40" in capsys.readouterr().err
 
 
 def test_unlabelled_validation_is_scored_against_the_reference_answers_given():

@@ -4,7 +4,8 @@
 token, layers ``K..`` see ``k`` (FastV). ``Schedule.per_layer(counts)``: one count per decoder
 layer, non-increasing, selection nested (survivors of layer l are chosen among those of l-1).
 Counts are capped at the number of image tokens actually present, so one schedule serves full
-and vision-pruned inputs. Textual forms: ``none``, ``fastv:K:k``, ``layers:c0,c1,...``, or the
+and vision-pruned inputs; except a schedule searched on a vision-pruned input (its ``vision_keep``
+is recorded), which runs only on that many tokens. Textual forms: ``none``, ``fastv:K:k``, ``layers:c0,c1,...``, or the
 path of a schedule JSON file (format ``accm-schedule``, version 1).
 """
 
@@ -140,13 +141,14 @@ class Schedule:
         if len(self.counts) != num_layers:
             raise ValueError(f"per-layer schedule has {len(self.counts)} counts for a model with "
                              f"{num_layers} decoder layers")
+        searched = self.meta.get("vision_keep")  # a schedule searched on a vision-pruned input
+        if searched is not None and n_image != searched:
+            raise ValueError(f"this schedule was searched on the vision tower's top {searched} tokens, "
+                             f"not {n_image}: run it with --vision-keep {searched}")
         counts = [min(c, n_image) for c in self.counts]
         if counts[0] != n_image:
-            searched = self.meta.get("vision_keep")
-            hint = f"; it was searched on the vision tower's top {searched}: run it with --vision-keep {searched}" \
-                if searched else ""
             raise ValueError(f"layer 0 cannot be pruned (no attention before it): the schedule keeps "
-                             f"{counts[0]} of {n_image} image tokens there{hint}")
+                             f"{counts[0]} of {n_image} image tokens there")
         return counts
 
     def prune_points(self, num_layers: int, n_image: int) -> dict[int, int]:
