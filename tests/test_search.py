@@ -85,6 +85,8 @@ def test_gsearch_with_vision_finds_the_vision_keep_then_the_layers():
     keep, counts = search.g_search_with_vision(_vision_oracle([200, 200, 150, 150, 80, 0], made), 6, 576)
     assert keep == 200 and counts == [200, 200, 150, 150, 80, 0]
     assert made[0] == 576  # the reference is the full-token input, whatever the vision keep
+    given = search.g_search_with_vision(_vision_oracle([200, 200, 150, 150, 80, 0], []), 6, 576, keep=250)
+    assert given == (250, [250, 200, 150, 150, 80, 0])  # a given keep is used, not searched
 
 
 def test_gsearch_with_vision_spends_one_tolerance_measured_from_full_tokens():

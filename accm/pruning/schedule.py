@@ -4,9 +4,9 @@
 token, layers ``K..`` see ``k`` (FastV). ``Schedule.per_layer(counts)``: one count per decoder
 layer, non-increasing, selection nested (survivors of layer l are chosen among those of l-1).
 Counts are capped at the number of image tokens actually present, so one schedule serves full
-and vision-pruned inputs; except a schedule searched on a vision-pruned input (its ``vision_keep``
-is recorded), which runs only on that many tokens. Textual forms: ``none``, ``fastv:K:k``, ``layers:c0,c1,...``, or the
-path of a schedule JSON file (format ``accm-schedule``, version 1).
+and vision-pruned inputs; a schedule searched on a vision-pruned input records ``vision_keep``
+and runs only on that many tokens. Textual forms: ``none``, ``fastv:K:k``, ``layers:c0,c1,...``,
+or the path of a schedule JSON file (format ``accm-schedule``, version 1).
 """
 
 from __future__ import annotations

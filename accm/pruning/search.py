@@ -128,23 +128,24 @@ def g_search(evaluate: CachedEvaluator, num_layers: int, n_image: int, tolerance
 
 def g_search_with_vision(evaluator_for_keep: Callable[[int], CachedEvaluator], num_layers: int, n_patches: int,
                          tolerance: float = 0.0, progress: Callable[[int, list[int]], None] | None = None,
-                         z: float = 0.0) -> tuple[int, list[int]]:
+                         z: float = 0.0, keep: int | None = None) -> tuple[int, list[int]]:
     """G-Search extended one step shallower: first the fewest image tokens the vision tower
     hands over (its CLS top-k), then each decoder layer as in ``g_search``, every cut measured
     against the full-token input, so the whole schedule stays within ``tolerance`` of it.
 
     ``evaluator_for_keep(k)`` scores LLM schedules on the input with ``k`` vision-kept tokens
-    (``k = n_patches``: no vision pruning). Returns ``(vision keep, per-layer counts)``;
-    ``progress`` is called with layer ``-1`` once the vision keep is fixed."""
+    (``k = n_patches``: no vision pruning). A given ``keep`` is used as is instead of searched.
+    Returns ``(vision keep, per-layer counts)``; ``progress`` is called with layer ``-1`` once a
+    vision keep below ``n_patches`` is fixed."""
     full = [n_patches] * num_layers
     full_evaluator = evaluator_for_keep(n_patches)
     reference = (full_evaluator(full), full_evaluator.samples.get(tuple(full)))
 
-    def accept_keep(keep: int) -> bool:
-        return _acceptor(evaluator_for_keep(keep), *reference, tolerance, z)([keep] * num_layers)
+    def accept_keep(k: int) -> bool:
+        return _acceptor(evaluator_for_keep(k), *reference, tolerance, z)([k] * num_layers)
 
-    keep = smallest_accepted(accept_keep, 1, n_patches)
-    if progress is not None:
+    keep = smallest_accepted(accept_keep, 1, n_patches) if keep is None else min(keep, n_patches)
+    if progress is not None and keep < n_patches:
         progress(-1, [keep] * num_layers)
     counts = g_search(evaluator_for_keep(keep), num_layers, keep, tolerance, progress, z, reference)
     return keep, counts

@@ -92,7 +92,7 @@ def run_gsearch(args: SearchOptions) -> dict:
     from ..stats import standard_error
     from .flops import schedule_flops_ratio
     from .schedule import Schedule
-    from .search import g_search, g_search_with_vision, paired_drop
+    from .search import g_search_with_vision, paired_drop
 
     lm, samples, val, digest = _context(args)
     dims, n_text = _dims(lm, samples)
@@ -116,20 +116,12 @@ def run_gsearch(args: SearchOptions) -> dict:
     keep = args.vision_keep
     if keep not in (None, "auto") and not 1 <= int(keep) <= dims.patches:
         raise AccmUserError(f"--vision-keep must be 1..{dims.patches} or auto, got {keep}")
-    keep = None if keep == dims.patches else keep
+    fixed = dims.patches if keep is None else None if keep == "auto" else int(keep)
     t0 = time.perf_counter()
-    bar = tqdm(total=dims.layers - 1 + (keep is not None), desc="G-Search", unit="stage", disable=args.quiet)
+    bar = tqdm(total=dims.layers - 1 + (fixed != dims.patches), desc="G-Search", unit="stage", disable=args.quiet)
     progress = lambda layer, c: (bar.update(), bar.set_postfix_str(str(c[max(layer, 0)])))  # noqa: E731
-    if keep == "auto":
-        keep, counts = g_search_with_vision(evaluator_for_keep, dims.layers, dims.patches, args.tolerance,
-                                            progress, args.z)
-    else:
-        full = evaluator_for_keep(dims.patches)
-        reference = (full(full_counts), full.samples.get(tuple(full_counts)))
-        if keep is not None:
-            progress(-1, [keep] * dims.layers)
-        keep = dims.patches if keep is None else int(keep)
-        counts = g_search(evaluator_for_keep(keep), dims.layers, keep, args.tolerance, progress, args.z, reference)
+    keep, counts = g_search_with_vision(evaluator_for_keep, dims.layers, dims.patches, args.tolerance,
+                                        progress, args.z, fixed)
     bar.close()
     full, found = made[dims.patches], made[keep]
     score = found(counts)
