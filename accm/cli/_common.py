@@ -35,6 +35,27 @@ def keep_count(value: str) -> int | None:
     return k
 
 
+def number(kind: type = int, low: float | None = None, high: float | None = None, above: float | None = None):
+    """An argparse type: a ``kind`` value within bounds (``above``: strictly greater), so a count
+    of 0, a negative tolerance or a port past 65535 is one line and exit 2, not a hang or a NaN."""
+    bounds = [f">= {low:g}" if low is not None else "", f"> {above:g}" if above is not None else "",
+              f"<= {high:g}" if high is not None else ""]
+    wanted = " and ".join(b for b in bounds if b)
+
+    def parse(value: str):
+        try:
+            x = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        if x != x or (low is not None and x < low) or (above is not None and x <= above) \
+                or (high is not None and x > high):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
+        return x
+
+    return parse
+
+
 def add_model_options(p: argparse.ArgumentParser, default_keep: int | None = DEFAULT_VISION_KEEP) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint directory, accm-tiny (default), llava-1.5-7b, llava-1.5-13b or a cached repo id")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ._common import Parser, UserError, add_model_options, run_cli
+from ._common import Parser, UserError, add_model_options, number, run_cli
 
 
 def _accuracy(args) -> int:
@@ -98,7 +98,7 @@ def build_parser() -> Parser:
     a = sub.add_parser("accuracy", help="exact-match accuracy on ShapesVQA test questions")
     a.add_argument("--bundle", default=None, help="evaluate an exported bundle through the runtime")
     add_model_options(a, default_keep=None)
-    a.add_argument("--n", type=int, default=500, help="number of test questions")
+    a.add_argument("--n", type=number(int, low=1), default=500, help="number of test questions")
     a.add_argument("--seed", type=int, default=0, help="which test questions (and the random-keep draw)")
     a.add_argument("--random-keep", action="store_true", help="keep random patches instead of attention-guided")
     a.add_argument("--accm", action="store_true", help="compensate vision-side pruning with ACCM captions")
@@ -106,7 +106,7 @@ def build_parser() -> Parser:
     a.add_argument("--caption-mode", choices=["selected", "top", "random", "oracle", "none"], default="selected",
                    help="with --accm: the selector's caption, the best beam (no selector), a random candidate, "
                         "or best-of-M (oracle)")
-    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--batch-size", type=number(int, low=1), default=16)
     a.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     a.add_argument("--json", action="store_true")
     a.add_argument("--quiet", action="store_true")
@@ -119,9 +119,9 @@ def build_parser() -> Parser:
     lat.add_argument("--schedule", nargs="+", default=["none"], metavar="SPEC", help="sweep: LLM-side schedules")
     lat.add_argument("--precision", nargs="+", default=["fp32"], help="sweep: fp32 fp16 int8 int4 int8-cpu int4-cpu")
     lat.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
-    lat.add_argument("--warmup", type=int, default=2)
-    lat.add_argument("--repeat", type=int, default=5)
-    lat.add_argument("--max-new-tokens", type=int, default=16, help="decode steps per run (EOS ignored)")
+    lat.add_argument("--warmup", type=number(int, low=0), default=2)
+    lat.add_argument("--repeat", type=number(int, low=1), default=5)
+    lat.add_argument("--max-new-tokens", type=number(int, low=1), default=16, help="decode steps per run (EOS ignored)")
     lat.add_argument("--no-peers", action="store_true", help="skip transformers and PyTorch-reference peers")
     lat.add_argument("--share-weights", action="store_true",
                      help="run bundles as accm-run --share-weights does (fp32 on cpu: one copy of the LLM weights)")
@@ -137,8 +137,10 @@ def build_parser() -> Parser:
     from ..measure.roofline import DEVICES
 
     roof.add_argument("--device", choices=sorted(DEVICES), required=True)
-    roof.add_argument("--compute-efficiency", type=float, default=1.0, help="fraction of peak FLOPs reached")
-    roof.add_argument("--memory-efficiency", type=float, default=1.0, help="fraction of peak bandwidth reached")
+    roof.add_argument("--compute-efficiency", type=number(float, above=0, high=1), default=1.0,
+                      help="fraction of peak FLOPs reached")
+    roof.add_argument("--memory-efficiency", type=number(float, above=0, high=1), default=1.0,
+                      help="fraction of peak bandwidth reached")
     roof.add_argument("--json", action="store_true")
     roof.set_defaults(func=_roofline)
     return p

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import Parser, add_model_options, bundle_options, run_cli
+from ._common import Parser, add_model_options, bundle_options, number, run_cli
 
 
 def _export(args) -> int:
@@ -38,7 +38,9 @@ def build_parser() -> Parser:
     p = Parser(prog="accm-export", description=__doc__)
     add_model_options(p)
     p.add_argument("--output", default=None, help="bundle directory (default: the accm-run cache)")
-    p.add_argument("--accm", action="store_true", help="add the ACCM caption model and selector (needs --vision-keep)")
+    p.add_argument("--accm", action="store_true",
+                   help="add the ACCM caption model and selector (they compensate vision-side pruning: "
+                        "not with --vision-keep all)")
     p.add_argument("--accm-dir", default=None, help="trained caption/ and selector/ (default: <model>/accm)")
     p.add_argument("--target", choices=["ort", "trt"], default="ort",
                    help="ort: standard ONNX ops; trt: AccmTokenTopK plugin nodes at both pruning sites")
@@ -46,7 +48,7 @@ def build_parser() -> Parser:
                    help="also build TensorRT engines into <bundle>/engines (needs TensorRT and a GPU)")
     p.add_argument("--calib-dir", default=None,
                    help="int8 calibration: a directory of images and prompts.jsonl (default: built-in ShapesVQA)")
-    p.add_argument("--calib-samples", type=int, default=32, help="int8 calibration samples (default 32)")
+    p.add_argument("--calib-samples", type=number(int, low=1), default=32, help="int8 calibration samples (default 32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)

@@ -65,7 +65,8 @@ def build_parser() -> Parser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print answer, token counts and per-stage times as JSON")
     p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
-    p.add_argument("--accm", action="store_true", help="default bundle with ACCM compensation (needs --vision-keep)")
+    p.add_argument("--accm", action="store_true",
+                   help="default bundle with ACCM compensation of the vision-side pruning (not with --vision-keep all)")
     p.add_argument("--share-weights", action="store_true",
                    help="map the LLM weights once for prefill and decode: fp32 bundles on the cpu provider "
                         "(~40%% less memory, ~10%% slower prefill); no effect otherwise")

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 
-from ._common import Parser, keep_count, run_cli
+from ._common import Parser, keep_count, number, run_cli
 
 
 def _run(job):
@@ -35,11 +35,11 @@ def build_parser() -> Parser:
     def common(sp):
         sp.add_argument("--model", default=None, help="checkpoint directory, alias or accm-tiny (default)")
         sp.add_argument("--val", default=None, help="JSONL of {image, question[, answer]} (default: ShapesVQA val)")
-        sp.add_argument("--n", type=int, default=600,
+        sp.add_argument("--n", type=number(int, low=1), default=600,
                         help="ShapesVQA validation questions (at 600, two schedules' difference has a "
                              "paired SE of about 1.3 points on accm-tiny)")
         sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--batch-size", type=int, default=16)
+        sp.add_argument("--batch-size", type=number(int, low=1), default=16)
         sp.add_argument("--output", default=None, help="write the JSON result here")
         sp.add_argument("--quiet", action="store_true")
 
@@ -49,8 +49,9 @@ def build_parser() -> Parser:
     r.set_defaults(func=_run("run_ranks"))
     g = sub.add_parser("gsearch", help="greedy per-layer search, shallow to deep")
     common(g)
-    g.add_argument("--tolerance", type=float, default=0.0, help="allowed drop of the validation score (0.01 = 1 point)")
-    g.add_argument("--z", type=float, default=0.0,
+    g.add_argument("--tolerance", type=number(float, low=0), default=0.0,
+                   help="allowed drop of the validation score (0.01 = 1 point)")
+    g.add_argument("--z", type=number(float, low=0), default=0.0,
                    help="accept a cut only if drop + z x its paired standard error <= tolerance "
                         "(1.645: one-sided 95%%)")
     g.add_argument("--vision-keep", type=_vision_keep, default=None, metavar="K|auto",
@@ -60,10 +61,12 @@ def build_parser() -> Parser:
     g.set_defaults(func=_run("run_gsearch"))
     s = sub.add_parser("psigmoid", help="P-Sigmoid curve tuned by Bayesian optimisation for a budget")
     common(s)
-    s.add_argument("--budget-tokens", type=float, default=None, help="mean kept image tokens over layers")
-    s.add_argument("--budget-flops", type=float, default=None, help="prefill FLOPs ratio against full tokens")
+    s.add_argument("--budget-tokens", type=number(float, above=0), default=None,
+                   help="mean kept image tokens over layers")
+    s.add_argument("--budget-flops", type=number(float, above=0, high=1), default=None,
+                   help="prefill FLOPs ratio against full tokens")
     s.add_argument("--match", default=None, help="the FLOPs of another schedule, e.g. fastv:2:64")
-    s.add_argument("--trials", type=int, default=30, help="Bayesian optimisation evaluations")
+    s.add_argument("--trials", type=number(int, low=1), default=30, help="Bayesian optimisation evaluations")
     s.set_defaults(func=_run("run_psigmoid"))
     return p
 

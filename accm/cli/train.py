@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import Parser, run_cli
+from ._common import Parser, number, run_cli
 
 
 def _base(args) -> int:
@@ -65,7 +65,8 @@ def build_parser() -> Parser:
     a.add_argument("--captions", default=None, help="stage 1 JSONL: {image, caption} per line (default: ShapesVQA)")
     a.add_argument("--work", required=True, help="work directory: checkpoints and logs (resumable)")
     a.add_argument("--output", required=True, help="where caption/ and selector/ are written")
-    a.add_argument("--keeps", type=int, nargs="+", default=None, help="vision keep counts to train at (18 36)")
+    a.add_argument("--keeps", type=number(int, low=1), nargs="+", default=None,
+                   help="vision keep counts to train at (18 36)")
     _recipe_flags(a, __import__("accm.train.accm", fromlist=["AccmRecipe"]).AccmRecipe)
     a.set_defaults(func=_accm)
     return p

@@ -38,9 +38,19 @@ def latency_sweep(model: str | None, bundles: list[str], keeps: list[int | None]
                   progress: bool = True, share_weights: bool = False) -> dict:
     from transformers import AutoConfig
 
+    from ..bundle.manifest import load_manifest
     from ..export.default import default_options, ensure_bundle
+    from ..inputs import check_prompt, load_image
     from ..models.registry import resolve
 
+    # what the user named is checked here, once: each measurement runs in a child process whose
+    # failure would otherwise surface as a traceback
+    for b in bundles:
+        load_manifest(b)
+    if image is not None:
+        load_image(image)
+    if prompt is not None:
+        check_prompt(prompt)
     common = {"warmup": warmup, "repeat": repeat, "new_tokens": new_tokens, "image": image, "prompt": prompt}
     targets = [("bundle", {"bundle": str(b), "provider": provider, "share_weights": share_weights, **common})
                for b in bundles]
