@@ -33,6 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
     (serve, ["--threads", "two"], "--threads"),
     (export, ["--calib-samples", "0"], "--calib-samples"),
     (train, ["accm", "--work", "w", "--output", "o", "--keeps", "18", "0"], "--keeps"),
+    (train, ["accm", "--work", "w", "--output", "o", "--stage1-batch", "0"], "--stage1-batch"),
+    (train, ["accm", "--work", "w", "--output", "o", "--caption-heads", "0"], "--caption-heads"),
+    (train, ["accm", "--work", "w", "--output", "o", "--stage1-describe-share", "1.5"], "--stage1-describe-share"),
+    (train, ["base", "--work", "w", "--output", "o", "--llm-lr", "-1e-3"], "--llm-lr"),
+    (train, ["base", "--work", "w", "--output", "o", "--eval-every", "0"], "--eval-every"),
+    (train, ["base", "--work", "w", "--output", "o", "--final-gate-acc", "93"], "--final-gate-acc"),
 ])
 def test_out_of_range_numbers_are_one_line_exit_2(cli, argv, flag, capsys):
     assert cli.main(argv) == 2
@@ -71,3 +77,10 @@ def test_latency_checks_what_it_is_given_before_measuring(argv, words, tmp_path,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err, err
     assert not (tmp_path / "cache").exists()  # refused before exporting anything
+
+
+def test_recipe_numbers_where_zero_means_off_still_take_zero():
+    args = train.build_parser().parse_args(["accm", "--work", "w", "--output", "o", "--input-tokens", "0",
+                                             "--stage1-cached-scenes", "0", "--threads", "0",
+                                             "--stage2-max-steps", "0"])
+    assert (args.input_tokens, args.stage1_cached_scenes, args.threads, args.stage2_max_steps) == (0, 0, 0, 0)

@@ -43,9 +43,26 @@ def _accm(args) -> int:
 def _recipe_flags(parser, recipe_cls) -> None:
     for f in dataclasses.fields(recipe_cls):
         if f.type in ("int", "float", "str"):
+            kind = {"int": int, "float": float, "str": str}[f.type]
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name,
-                                type={"int": int, "float": float, "str": str}[f.type], default=None,
-                                choices=f.metadata.get("choices"))
+                                type=kind if kind is str else number(kind, **_recipe_bounds(f.name)),
+                                default=None, choices=f.metadata.get("choices"))
+
+
+ZERO_MEANS_OFF = ("input_tokens", "prefix_all_tokens", "stage1_cached_scenes")  # 0: all tokens / off / on the fly
+
+
+def _recipe_bounds(name: str) -> dict:
+    """No recipe number is negative; batches and learning rates are positive, shares and gates
+    are fractions, and sizes and intervals are at least 1 (0 would train nothing or divide by 0)."""
+    if name.endswith(("_batch", "_lr")):
+        return {"above": 0}
+    if name.endswith(("_share", "_gate", "_gate_acc", "_min_family")):
+        return {"low": 0, "high": 1}
+    if name.endswith(("_every", "_hidden", "_layers", "_heads", "_scenes", "_samples", "_tokens", "patience",
+                      "beams", "_per_image", "prefix_len")) and name not in ZERO_MEANS_OFF:
+        return {"low": 1}
+    return {"low": 0}
 
 
 def build_parser() -> Parser:
