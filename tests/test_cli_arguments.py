@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from accm.cli import bench, export, search, serve, train
+from accm.cli import bench, export, run, search, serve, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
     (serve, ["--timeout-s", "0"], "--timeout-s"),
     (serve, ["--threads", "two"], "--threads"),
     (export, ["--calib-samples", "0"], "--calib-samples"),
+    (run, ["--image", "x.png", "--prompt", "what color is at a6 ?", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (run, ["--image", "x.png", "--prompt", "what color is at a6 ?", "--vision-keep", "0"], "--vision-keep"),
     (train, ["accm", "--work", "w", "--output", "o", "--keeps", "18", "0"], "--keeps"),
     (train, ["accm", "--work", "w", "--output", "o", "--stage1-batch", "0"], "--stage1-batch"),
     (train, ["accm", "--work", "w", "--output", "o", "--caption-heads", "0"], "--caption-heads"),

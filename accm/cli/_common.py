@@ -27,12 +27,10 @@ def keep_count(value: str) -> int | None:
     if value.lower() in ("all", "none", "full"):
         return None
     try:
-        k = int(value)
+        int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a token count or 'all', got {value!r}") from None
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"keep count must be >= 1, got {k}")
-    return k
+    return number(int, low=1)(value)
 
 
 def number(kind: type = int, low: float | None = None, high: float | None = None, above: float | None = None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ._common import Parser, UserError, add_model_options, bundle_options, run_cli
+from ._common import Parser, UserError, add_model_options, bundle_options, number, run_cli
 
 
 def _run(args) -> int:
@@ -14,8 +14,6 @@ def _run(args) -> int:
 
     check_prompt(args.prompt)
     image = load_image(args.image)
-    if args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
     if args.provider == "tensorrt":
         from ..engines.gpu import gpu_available
 
@@ -62,7 +60,7 @@ def build_parser() -> Parser:
     add_model_options(p)
     p.add_argument("--image", required=True, help="image file (any mode Pillow reads)")
     p.add_argument("--prompt", required=True, help="the question")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=number(int, low=1), default=32)
     p.add_argument("--json", action="store_true", help="print answer, token counts and per-stage times as JSON")
     p.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
     p.add_argument("--accm", action="store_true",
