@@ -175,6 +175,32 @@ def test_p_sigmoid_bayesian_optimisation_is_seeded_and_respects_the_budget():
     assert a.score == max(t["score"] for t in a.trials)
 
 
+def test_p_sigmoid_from_the_vision_tower_prunes_layer_0_within_the_same_budget():
+    """With ``first_free`` the curve's layer 0 is a vision keep: budgets count it, and where the
+    first layer needs few tokens the freed FLOPs buy deeper layers (the vision-start search wins)."""
+    import dataclasses
+
+    r = search.sigmoid_ratios(1.5, -1.0, 0.0, 6, first_free=True)
+    assert r[0] < 1.0 and np.all(np.diff(r) <= 0)
+    assert search.to_counts(np.zeros(6), 576) == [1, 0, 0, 0, 0, 0]  # a vision keep is at least one token
+    for mean_tokens in (30.0, 100.5, 400.0):
+        counts = search.fit_mean_tokens(lambda l0: search.sigmoid_ratios(0.7, l0, 0.0, 6, True), 576, mean_tokens,
+                                        first_free=True)
+        assert sum(counts) == round(mean_tokens * 6) and counts[0] < 576
+        assert all(b <= a for a, b in zip(counts, counts[1:]))
+    dims = dataclasses.replace(LLAVA_15_7B, layers=6)
+    target = schedule_flops_ratio(dims, Schedule.fastv(2, 64), 11)
+    ratio = lambda c: schedule_flops_ratio(dims, Schedule.per_layer(c), 11, c[0])  # noqa: E731
+    fit = lambda ratios_for: search.fit_flops(ratios_for, 576, ratio, target)  # noqa: E731
+    need = [220, 200, 180, 160, 140, 120]
+    inside = search.p_sigmoid_search(search.CachedEvaluator(_monotone_oracle(need)), 6, 576, fit, trials=16)
+    start = search.p_sigmoid_search(search.CachedEvaluator(_monotone_oracle(need)), 6, 576, fit, trials=16,
+                                    first_free=True)
+    assert inside.counts[0] == 576 and start.counts[0] < 576
+    assert all(ratio(t["counts"]) <= target for t in start.trials)
+    assert start.score > inside.score
+
+
 def test_kendall_tau_matches_scipy():
     from scipy.stats import kendalltau
 
@@ -216,6 +242,15 @@ def test_search_cli_on_a_tiny_model(tmp_path, capsys, monkeypatch):
     assert versus["counts"] == [n_image, n_image, 64, 64]
     assert versus["score"] + versus["difference"] == pytest.approx(matched["score"])
     assert versus["difference_se"] >= 0
+    # from the vision tower: a mean of 100 tokens over 4 layers needs layer 0 pruned (the vision keep)
+    below_layer0 = ["psigmoid", "--model", str(tmp_path / "m"), "--n", "8", "--budget-tokens", "100",
+                    "--trials", "3", "--output", str(tmp_path / "pv.json"), "--quiet"]
+    capsys.readouterr()
+    assert cli.main(below_layer0) == 2 and "layer 0 keeps all" in capsys.readouterr().err
+    assert cli.main([*below_layer0, "--from-vision"]) == 0
+    from_vision = Schedule.load(tmp_path / "pv.json")
+    assert from_vision.meta["from_vision"] and sum(from_vision.counts) == 400
+    assert from_vision.meta["vision_keep"] == from_vision.counts[0] < n_image
     assert cli.main(["gsearch", "--model", str(tmp_path / "m"), "--n", "8", "--quiet",
                      "--output", str(tmp_path / "g.json")]) == 0
     assert Schedule.load(tmp_path / "g.json").meta["evaluations"] >= 1
@@ -248,6 +283,9 @@ def test_search_cli_on_a_tiny_model(tmp_path, capsys, monkeypatch):
            "examples/shapes_1.png", "--prompt", "what is here ?", "--max-new-tokens", "2", "--json"]
     assert run.main([*ask, "--vision-keep", "40"]) == 0
     assert json.loads(capsys.readouterr().out)["tokens"]["llm_image_tokens_per_layer"] == [40, 0, 0, 0]
+    assert run.main([*ask[:2], "--schedule", str(tmp_path / "pv.json"), *ask[4:], "--vision-keep",
+                     str(from_vision.counts[0])]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"]["llm_image_tokens_per_layer"] == list(from_vision.counts)
     for other in (["--vision-keep", "all"], ["--vision-keep", "20"], []):  # [] : accm-run's default keep
         assert run.main([*ask, *other]) == 2
         assert "run it with --vision-keep 40" in capsys.readouterr().err

@@ -67,6 +67,9 @@ def build_parser() -> Parser:
                    help="prefill FLOPs ratio against full tokens")
     s.add_argument("--match", default=None, help="the FLOPs of another schedule, e.g. fastv:2:64")
     s.add_argument("--trials", type=number(int, low=1), default=30, help="Bayesian optimisation evaluations")
+    s.add_argument("--from-vision", action="store_true",
+                   help="start the curve at the vision tower: layer 0 keeps the CLS top-k the curve gives "
+                        "(the schedule then needs that --vision-keep wherever it runs; default: layer 0 keeps all)")
     s.set_defaults(func=_run("run_psigmoid"))
     return p
 

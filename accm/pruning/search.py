@@ -14,7 +14,9 @@ No public code exists; this follows the abstract and ``research/papers.md`` §2.
   given ``(s, r_min)`` (bisection: kept tokens grow with l0, and a far-left l0 reaches the floor
   r_min in every layer after 0), so Bayesian optimisation searches ``(s, r_min)`` with r_min
   limited to what the budget allows. Budgets: mean kept tokens over layers, or a prefill
-  FLOPs ratio.
+  FLOPs ratio. With ``first_free`` the curve starts one step shallower, as ``g_search_with_vision``
+  does: layer 0's ratio is the curve's too, and its count is what the vision tower's CLS top-k
+  hands over (at least one token).
 
 Everything here is model-free: ``evaluate(counts) -> score`` is supplied by the caller.
 """
@@ -151,18 +153,23 @@ def g_search_with_vision(evaluator_for_keep: Callable[[int], CachedEvaluator], n
     return keep, counts
 
 
-def sigmoid_ratios(s: float, l0: float, r_min: float, num_layers: int) -> np.ndarray:
-    """``r(l)`` for every layer; layer 0 is 1 (it cannot be pruned), ratios clipped to [0, 1]."""
+def sigmoid_ratios(s: float, l0: float, r_min: float, num_layers: int, first_free: bool = False) -> np.ndarray:
+    """``r(l)`` for every layer, clipped to [0, 1]; layer 0 is 1 (no attention before it to prune
+    by) unless ``first_free``: then the vision tower's CLS top-k prunes it."""
     layers = np.arange(num_layers, dtype=np.float64)
     with np.errstate(over="ignore"):
         r = r_min + (1.0 - r_min) / (1.0 + np.exp(s * (layers - l0)))
     r = np.clip(r, 0.0, 1.0)
-    r[0] = 1.0
+    if not first_free:
+        r[0] = 1.0
     return np.minimum.accumulate(r)  # non-increasing, also for s < 0
 
 
 def to_counts(ratios: np.ndarray, n_image: int) -> list[int]:
-    return [int(c) for c in np.minimum.accumulate(np.floor(ratios * n_image + 1e-9).astype(int))]
+    """Kept tokens per layer, non-increasing; layer 0 keeps at least one (a vision keep of 0 is no input)."""
+    counts = np.minimum.accumulate(np.floor(ratios * n_image + 1e-9).astype(int))
+    counts[0] = max(int(counts[0]), 1)
+    return [int(c) for c in counts]
 
 
 L0_RANGE = 64.0  # midpoints searched in [-L0_RANGE * layers, L0_RANGE * layers]
@@ -183,22 +190,25 @@ def _bisect_l0(curve: Callable[[float], np.ndarray], n_image: int, too_big: Call
     return lo
 
 
-def fit_mean_tokens(curve: Callable[[float], np.ndarray], n_image: int, mean_tokens: float) -> list[int]:
+def fit_mean_tokens(curve: Callable[[float], np.ndarray], n_image: int, mean_tokens: float,
+                    first_free: bool = False) -> list[int]:
     """Counts of ``curve(l0)`` whose mean over layers is ``mean_tokens`` exactly (the nearest
     integer total): bisection on l0, then the rounding remainder spread over the shallowest
-    pruned layers (the counts stay non-increasing). ``ValueError`` when the floor is too high."""
+    pruned layers (the counts stay non-increasing). ``ValueError`` when the floor is too high.
+    ``first_free``: the curve prunes layer 0 too (``sigmoid_ratios``)."""
     num_layers = len(curve(0.0))
     total = round(mean_tokens * num_layers)
-    if not n_image <= total <= n_image * num_layers:
+    least = 1 if first_free else n_image
+    if not least <= total <= n_image * num_layers:
         raise ValueError(f"a mean of {mean_tokens} tokens over {num_layers} layers is impossible with "
-                         f"{n_image} image tokens (layer 0 keeps all)")
+                         f"{n_image} image tokens" + ("" if first_free else " (layer 0 keeps all)"))
     l0 = _bisect_l0(curve, n_image, lambda c: sum(c) > total)
     if l0 is None:
         raise ValueError("this curve's floor keeps more tokens than the budget allows")
     counts = to_counts(curve(l0), n_image)
     deficit = total - sum(counts)
-    for layer in range(1, num_layers):  # shallowest first
-        add = min(counts[layer - 1] - counts[layer], deficit)
+    for layer in range(0 if first_free else 1, num_layers):  # shallowest first
+        add = min((counts[layer - 1] if layer else n_image) - counts[layer], deficit)
         counts[layer] += add
         deficit -= add
     if deficit:
@@ -216,19 +226,18 @@ def fit_flops(curve: Callable[[float], np.ndarray], n_image: int, flops_ratio: C
 
 
 def feasible_floor(fit: Callable[[Callable[[float], np.ndarray]], list[int]], num_layers: int,
-                   slope: float = 6.0) -> float:
+                   slope: float = 6.0, first_free: bool = False) -> float:
     """The largest r_min in [0, 1] for which ``fit`` can meet its budget with this slope (gentle
     slopes keep more tokens in the shallow layers, so their floor must sit lower)."""
 
     def ok(r_min: float) -> bool:
         try:
-            fit(lambda l0: sigmoid_ratios(slope, l0, r_min, num_layers))
+            fit(lambda l0: sigmoid_ratios(slope, l0, r_min, num_layers, first_free))
             return True
         except ValueError:
             return False
 
-    if not ok(0.0):
-        raise ValueError("the budget cannot be met even with a zero floor")
+    fit(lambda l0: sigmoid_ratios(slope, l0, 0.0, num_layers, first_free))  # unmeetable even with no floor: its reason
     lo, hi = 0.0, 1.0
     if ok(hi):
         return hi
@@ -246,23 +255,24 @@ class PSigmoidResult:
     trials: list[dict]
 
 
-def p_sigmoid_search(evaluate: CachedEvaluator, num_layers: int, n_image: int,
+def p_sigmoid_search(evaluate: Callable[[list[int]], float], num_layers: int, n_image: int,
                      fit: Callable[[Callable[[float], np.ndarray]], list[int]], trials: int = 30, seed: int = 0,
-                     progress: Callable[[int], None] | None = None) -> PSigmoidResult:
+                     progress: Callable[[int], None] | None = None, first_free: bool = False) -> PSigmoidResult:
     """Bayesian optimisation (optuna's Gaussian-process sampler) over slope s and floor r_min;
     the midpoint l0 is solved so every trial meets the budget. r_min is searched as a fraction of
-    the highest floor that slope can afford, so no trial is infeasible."""
+    the highest floor that slope can afford, so no trial is infeasible. ``first_free``: the curve
+    prunes layer 0 too (its count is a vision keep; ``evaluate`` must run it so)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    feasible_floor(fit, num_layers)  # raises if even a zero floor cannot meet the budget
+    feasible_floor(fit, num_layers, first_free=first_free)  # raises if even a zero floor cannot meet the budget
     sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(8, trials))
     study = optuna.create_study(direction="maximize", sampler=sampler)
 
     def objective(trial) -> float:
         s = trial.suggest_float("s", 0.05, 6.0, log=True)
-        r_min = trial.suggest_float("floor_fraction", 0.0, 1.0) * feasible_floor(fit, num_layers, s)
-        counts = fit(lambda l0: sigmoid_ratios(s, l0, r_min, num_layers))
+        r_min = trial.suggest_float("floor_fraction", 0.0, 1.0) * feasible_floor(fit, num_layers, s, first_free)
+        counts = fit(lambda l0: sigmoid_ratios(s, l0, r_min, num_layers, first_free))
         trial.set_user_attr("counts", counts)
         trial.set_user_attr("r_min", r_min)
         score = evaluate(counts)

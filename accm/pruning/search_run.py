@@ -30,6 +30,7 @@ class SearchOptions:
     budget_flops: float | None = None
     match: str | None = None
     trials: int = 30
+    from_vision: bool = False  # psigmoid: the curve prunes layer 0 too, by the vision tower's CLS top-k
 
 
 def _context(args: SearchOptions):
@@ -59,13 +60,49 @@ def run_ranks(args: SearchOptions) -> dict:
     return result
 
 
-def _scorer(lm, samples, args, vision_keep: int | None = None, reference: list[str] | None = None):
-    from .search import CachedEvaluator
-    from .search_eval import ScheduleScorer
+class EvaluatorsByKeep:
+    """One ``CachedEvaluator`` per vision keep (``patches``: no vision pruning), made on first use;
+    only the latest input's scorer (and its prepared tensors) is kept, scores stay cached. The
+    full-token input is made first: unlabelled val is scored against its answers at every keep.
+    Called with per-layer counts, it scores them on the input whose keep is ``counts[0]``."""
 
-    scorer = ScheduleScorer(lm.model, lm.processor, lm.template, samples, batch_size=args.batch_size,
-                            vision_keep=vision_keep, reference=reference)
-    return scorer, CachedEvaluator(scorer.hits)
+    def __init__(self, lm, samples, args, patches: int):
+        self.lm, self.samples, self.args, self.patches = lm, samples, args, patches
+        self.made: dict = {}
+        self.reference: list[str] | None = None
+        self.full = self.for_keep(patches)
+
+    def for_keep(self, keep: int):
+        from .search import CachedEvaluator
+        from .search_eval import ScheduleScorer
+
+        evaluator = self.made.get(keep)
+        if evaluator is None or evaluator.evaluate is None:
+            for other in self.made.values():
+                other.evaluate = None  # cached scores stay
+            scorer = ScheduleScorer(self.lm.model, self.lm.processor, self.lm.template, self.samples,
+                                    batch_size=self.args.batch_size,
+                                    vision_keep=None if keep >= self.patches else keep, reference=self.reference)
+            self.reference = self.reference or scorer.reference
+            self.metric = scorer.metric
+            evaluator = self.made.setdefault(keep, CachedEvaluator(scorer.hits))
+            evaluator.evaluate = scorer.hits
+        return evaluator
+
+    def __call__(self, counts) -> float:
+        key = tuple(int(c) for c in counts)
+        made = self.made.get(key[0])
+        if made is not None and key in made.cache:  # no need to prepare that input again
+            return made.cache[key]
+        return self.for_keep(key[0])(key)
+
+    @property
+    def samples_by_counts(self) -> dict:
+        return {k: v for e in self.made.values() for k, v in e.samples.items()}
+
+    @property
+    def evaluations(self) -> int:
+        return sum(e.log.evaluations for e in self.made.values())
 
 
 def _dims(lm, samples):
@@ -97,22 +134,6 @@ def run_gsearch(args: SearchOptions) -> dict:
     lm, samples, val, digest = _context(args)
     dims, n_text = _dims(lm, samples)
     full_counts = [dims.patches] * dims.layers
-    made = {}  # vision keep -> evaluator; only the latest input's scorer (and its prepared tensors) is kept
-    labels = {}  # unlabelled val: the full-token answers every input is scored against
-
-    def evaluator_for_keep(keep: int):
-        evaluator = made.get(keep)
-        if evaluator is None or evaluator.evaluate is None:
-            for other in made.values():
-                other.evaluate = None  # cached scores stay
-            scorer, fresh = _scorer(lm, samples, args, None if keep >= dims.patches else keep,
-                                    labels.get("reference"))
-            labels.setdefault("reference", scorer.reference)
-            labels["metric"] = scorer.metric
-            evaluator = made.setdefault(keep, fresh)
-            evaluator.evaluate = fresh.evaluate
-        return evaluator
-
     keep = args.vision_keep
     if keep not in (None, "auto") and not 1 <= int(keep) <= dims.patches:
         raise AccmUserError(f"--vision-keep must be 1..{dims.patches} or auto, got {keep}")
@@ -120,31 +141,33 @@ def run_gsearch(args: SearchOptions) -> dict:
     t0 = time.perf_counter()
     bar = tqdm(total=dims.layers - 1 + (fixed != dims.patches), desc="G-Search", unit="stage", disable=args.quiet)
     progress = lambda layer, c: (bar.update(), bar.set_postfix_str(str(c[max(layer, 0)])))  # noqa: E731
-    keep, counts = g_search_with_vision(evaluator_for_keep, dims.layers, dims.patches, args.tolerance,
+    by_keep = EvaluatorsByKeep(lm, samples, args, dims.patches)
+    keep, counts = g_search_with_vision(by_keep.for_keep, dims.layers, dims.patches, args.tolerance,
                                         progress, args.z, fixed)
     bar.close()
-    full, found = made[dims.patches], made[keep]
+    full, found = by_keep.full, by_keep.made[keep]
     score = found(counts)
     drop, se = paired_drop(full.samples[tuple(full_counts)], found.samples[tuple(counts)])
     vision = {} if keep >= dims.patches else {"vision_keep": keep}
     return _write(args, counts, {
-        "method": "gsearch", "model": lm.source.name, "model_digest": digest, "metric": labels["metric"],
+        "method": "gsearch", "model": lm.source.name, "model_digest": digest, "metric": by_keep.metric,
         **vision, "score": score, "full_score": full(full_counts), "val_n": len(samples),
         "score_se": standard_error(score, len(samples)), "drop": drop, "drop_se": se,
         "tolerance": args.tolerance, "z": args.z, "val": val,
         "prefill_flops_ratio": schedule_flops_ratio(dims, Schedule.per_layer(counts), n_text,
                                                     vision.get("vision_keep")),
-        "evaluations": sum(e.log.evaluations for e in made.values()),
+        "evaluations": by_keep.evaluations,
         "seconds": round(time.perf_counter() - t0, 1)})
 
 
-def _versus(evaluate, counts: list[int], baseline: list[int]) -> dict:
+def _versus(evaluate: EvaluatorsByKeep, counts: list[int], baseline: list[int]) -> dict:
     """The found schedule minus ``baseline`` on the same val samples: score difference and its
     paired standard error."""
     from ..stats import paired_difference_se
 
     score = evaluate(baseline)
-    difference, se = paired_difference_se(evaluate.samples[tuple(counts)], evaluate.samples[tuple(baseline)])
+    hits = evaluate.samples_by_counts
+    difference, se = paired_difference_se(hits[tuple(counts)], hits[tuple(baseline)])
     return {"counts": baseline, "score": score, "difference": difference, "difference_se": se}
 
 
@@ -157,12 +180,17 @@ def run_psigmoid(args: SearchOptions) -> dict:
 
     lm, samples, val, digest = _context(args)
     dims, n_text = _dims(lm, samples)
+
+    def flops_of(counts: list[int]) -> float:  # layer 0's count is the vision keep (all, unless from_vision)
+        return schedule_flops_ratio(dims, Schedule.per_layer(counts), n_text, counts[0])
+
     given = [x is not None for x in (args.budget_tokens, args.budget_flops, args.match)]
     if sum(given) != 1:
         raise AccmUserError("give exactly one budget: --budget-tokens T, --budget-flops F or --match SPEC")
     if args.budget_tokens is not None:
         budget = {"mean_tokens": args.budget_tokens}
-        fit = lambda ratios_for: search.fit_mean_tokens(ratios_for, dims.patches, args.budget_tokens)  # noqa: E731
+        fit = lambda ratios_for: search.fit_mean_tokens(ratios_for, dims.patches, args.budget_tokens,  # noqa: E731
+                                                        args.from_vision)
     else:
         if args.match is not None:
             try:
@@ -174,25 +202,27 @@ def run_psigmoid(args: SearchOptions) -> dict:
         else:
             target = args.budget_flops
             budget = {"flops_ratio": target}
-        ratio = lambda counts: schedule_flops_ratio(dims, Schedule.per_layer(counts), n_text)  # noqa: E731
-        fit = lambda ratios_for: search.fit_flops(ratios_for, dims.patches, ratio, target)  # noqa: E731
-    scorer, evaluate = _scorer(lm, samples, args)
+        fit = lambda ratios_for: search.fit_flops(ratios_for, dims.patches, flops_of, target)  # noqa: E731
+    evaluate = EvaluatorsByKeep(lm, samples, args, dims.patches)
     t0 = time.perf_counter()
     bar = tqdm(total=args.trials, desc="P-Sigmoid BO", unit="trial", disable=args.quiet)
     try:
         result = search.p_sigmoid_search(evaluate, dims.layers, dims.patches, fit, args.trials, args.seed,
-                                         progress=lambda _: bar.update())
+                                         progress=lambda _: bar.update(), first_free=args.from_vision)
     except ValueError as e:
         raise AccmUserError(str(e)) from None
     bar.close()
     if args.match is not None:  # how well val resolves the gap the search must show over what it matches
         budget["versus"] = _versus(evaluate, result.counts, matched.layer_counts(dims.layers, dims.patches))
+    keep = result.counts[0]
+    vision = {"vision_keep": keep} if keep < dims.patches else {}
     return _write(args, result.counts, {
-        "method": "psigmoid", "model": lm.source.name, "model_digest": digest, "metric": scorer.metric,
+        "method": "psigmoid", "model": lm.source.name, "model_digest": digest, "metric": evaluate.metric,
+        **vision, "from_vision": args.from_vision,
         "score": result.score, "full_score": evaluate([dims.patches] * dims.layers), "budget": budget,
         "params": result.params, "trials": args.trials, "seed": args.seed, "val": val,
         "mean_tokens": sum(result.counts) / len(result.counts),
-        "prefill_flops_ratio": schedule_flops_ratio(dims, Schedule.per_layer(result.counts), n_text),
-        "evaluations": evaluate.log.evaluations, "seconds": round(time.perf_counter() - t0, 1)})
+        "prefill_flops_ratio": flops_of(result.counts),
+        "evaluations": evaluate.evaluations, "seconds": round(time.perf_counter() - t0, 1)})
 
 
