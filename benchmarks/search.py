@@ -9,7 +9,10 @@ standard error) in its search record. G-Search accepts a layer only where the dr
 is within ``--tolerance`` plus ``--z`` paired standard errors of the validation score, so it does
 not chase noise. It runs twice: inside the LLM only (the paper's setting), and starting one step
 shallower at the vision tower's CLS top-k (``--vision-keep auto``), shown beside that vision keep
-alone. Writes a JSON table and an accuracy-vs-FLOPs plot.
+alone. P-Sigmoid also runs both ways at each matched FLOPs: the paper's curve inside the LLM, and
+the curve started at the vision tower (``--from-vision``), shown beside the flat CLS top-k with the
+same FLOPs so that what the curve adds over vision pruning alone can be read. Writes a JSON table
+and an accuracy-vs-FLOPs plot.
 
     python benchmarks/search.py --val-n 600 --trials 30 --test-n 1000 --test-seed 103 --out benchmarks/results
 
@@ -76,6 +79,8 @@ def main() -> None:
         name = spec.replace(":", "_")
         _search("psigmoid", *common, "--match", spec, "--trials", str(args.trials), "--output",
                 str(out / f"psigmoid_{name}.json"), reuse_for=reuse)
+        _search("psigmoid", *common, "--match", spec, "--trials", str(args.trials), "--from-vision", "--output",
+                str(out / f"psigmoid_vision_{name}.json"), reuse_for=reuse)
 
     dims = dims_from_config(lm.model.config)
     questions = [s.question for s in shapes.benchmark("test", 100, args.test_seed)]
@@ -88,8 +93,13 @@ def main() -> None:
                (f"vision CLS top-{vision_keep} (as G-Search found)", "none", vision_keep, None),
                (f"G-Search from the vision tower ({tol})", with_vision, vision_keep, None)]
     for spec in args.matches:
+        name = spec.replace(":", "_")
+        curve = Schedule.load(out / f"psigmoid_vision_{name}.json")
+        flat = flat_vision_keep(dims, n_text, schedule_flops_ratio(dims, Schedule.parse(spec), n_text))
         entries += [(spec, spec, None, None),
-                    (f"P-Sigmoid @ {spec} FLOPs", str(out / f"psigmoid_{spec.replace(':', '_')}.json"), None, spec)]
+                    (f"P-Sigmoid @ {spec} FLOPs", str(out / f"psigmoid_{name}.json"), None, spec),
+                    (f"vision CLS top-{flat} @ {spec} FLOPs", "none", flat, spec),
+                    (f"P-Sigmoid from the vision tower @ {spec} FLOPs", curve, curve.meta.get("vision_keep"), spec)]
     rows = []
     for name, spec, keep, matched in entries:
         sched = Schedule.parse(spec)
@@ -119,6 +129,15 @@ def main() -> None:
               "machine": machine(), "ranks": json.loads((out / "ranks.json").read_text()), "rows": rows}
     (out / "search.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(rows, out / "search.png", args.model)
+
+
+def flat_vision_keep(dims, n_text: int, target: float) -> int:
+    """The most CLS top-k tokens whose unpruned LLM prefill stays within ``target`` FLOPs ratio."""
+    from accm.pruning.flops import schedule_flops_ratio
+    from accm.pruning.schedule import Schedule
+
+    return max(k for k in range(1, dims.patches + 1)
+               if schedule_flops_ratio(dims, Schedule.none(), n_text, k) <= target)
 
 
 def plot(rows, path: Path, model: str) -> None:
