@@ -143,6 +143,9 @@ def test_budget_solver_meets_a_flops_ratio():
     counts = search.fit_flops(lambda l0: search.sigmoid_ratios(0.8, l0, 0.02, 32), 576, ratio, target)
     assert ratio(counts) <= target
     assert ratio(counts) > target - 0.01  # tight: within a fraction of a layer's tokens
+    least = ratio([576] + [0] * 31)  # layer 0 keeps all: nothing cheaper exists inside the LLM
+    with pytest.raises(ValueError, match=f"floor can reach \\({least:.4f}\\)"):
+        search.fit_flops(lambda l0: search.sigmoid_ratios(0.8, l0, 0.0, 32), 576, ratio, least - 0.001)
 
 
 def test_p_sigmoid_trials_stay_feasible_at_every_slope():
@@ -246,7 +249,8 @@ def test_search_cli_on_a_tiny_model(tmp_path, capsys, monkeypatch):
     below_layer0 = ["psigmoid", "--model", str(tmp_path / "m"), "--n", "8", "--budget-tokens", "100",
                     "--trials", "3", "--output", str(tmp_path / "pv.json"), "--quiet"]
     capsys.readouterr()
-    assert cli.main(below_layer0) == 2 and "layer 0 keeps all" in capsys.readouterr().err
+    assert cli.main(below_layer0) == 2
+    assert "layer 0 keeps all" in (err := capsys.readouterr().err) and "unless --from-vision" in err
     assert cli.main([*below_layer0, "--from-vision"]) == 0
     from_vision = Schedule.load(tmp_path / "pv.json")
     assert from_vision.meta["from_vision"] and sum(from_vision.counts) == 400

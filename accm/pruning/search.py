@@ -221,7 +221,8 @@ def fit_flops(curve: Callable[[float], np.ndarray], n_image: int, flops_ratio: C
     """The counts of the largest midpoint whose prefill FLOPs ratio stays at or under ``target``."""
     l0 = _bisect_l0(curve, n_image, lambda c: flops_ratio(c) > target)
     if l0 is None:
-        raise ValueError(f"a FLOPs ratio of {target:.4f} is below what this curve's floor can reach")
+        least = flops_ratio(to_counts(curve(-L0_RANGE * len(curve(0.0))), n_image))
+        raise ValueError(f"a FLOPs ratio of {target:.4f} is below what this curve's floor can reach ({least:.4f})")
     return to_counts(curve(l0), n_image)
 
 

@@ -210,7 +210,8 @@ def run_psigmoid(args: SearchOptions) -> dict:
         result = search.p_sigmoid_search(evaluate, dims.layers, dims.patches, fit, args.trials, args.seed,
                                          progress=lambda _: bar.update(), first_free=args.from_vision)
     except ValueError as e:
-        raise AccmUserError(str(e)) from None
+        hint = "" if args.from_vision else "; layer 0 keeps every image token unless --from-vision prunes it"
+        raise AccmUserError(f"{e}{hint}") from None
     bar.close()
     if args.match is not None:  # how well val resolves the gap the search must show over what it matches
         budget["versus"] = _versus(evaluate, result.counts, matched.layer_counts(dims.layers, dims.patches))
