@@ -147,8 +147,9 @@ def plot(rows, path: Path, model: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # more rows than the default cycle's 10 colours
     for r in rows:
-        marker = "*" if "Search" in r["name"] or "Sigmoid" in r["name"] else "o"
+        marker = "*" if r["search"] else "o"  # searched schedules; plain vision keeps and FastV are dots
         ax.plot(r["prefill_flops_ratio"], r["test_accuracy"], marker, markersize=10 if marker == "*" else 7,
                 label=r["name"])
     ax.set_xlabel("LLM prefill FLOPs ratio vs 576 tokens (vision tower not counted)")
