@@ -7,3 +7,7 @@ class AccmUserError(Exception):
 
 class InputError(AccmUserError, ValueError):
     """An image or prompt the pipeline cannot take."""
+
+
+class ScheduleError(AccmUserError, ValueError):
+    """A pruning schedule that does not fit the model or the input it is run on."""

@@ -86,3 +86,15 @@ def test_recipe_numbers_where_zero_means_off_still_take_zero():
                                              "--stage1-cached-scenes", "0", "--threads", "0",
                                              "--stage2-max-steps", "0"])
     assert (args.input_tokens, args.stage1_cached_scenes, args.threads, args.stage2_max_steps) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("schedule,keep,words", [
+    ("gsearch_vision.json", [], "run it with --vision-keep 266"),  # searched on the CLS top-266
+    ("gsearch_vision.json", ["--vision-keep", "64"], "top 266 tokens, not 64"),
+    ("layers:576,300,200", [], "3 counts for a model with 6 decoder layers"),
+])
+def test_a_schedule_that_does_not_fit_the_input_is_refused_before_answering(schedule, keep, words, capsys):
+    spec = str(ROOT / "benchmarks" / "results" / schedule) if schedule.endswith(".json") else schedule
+    assert bench.main(["accuracy", "--n", "4", "--quiet", "--schedule", spec, *keep]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err
