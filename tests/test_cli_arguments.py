@@ -72,6 +72,9 @@ def test_a_port_in_use_is_one_line_before_any_export(tmp_path):
     (["latency", "--bundle", "no/such/bundle"], "bundle not found"),
     (["latency", "--image", "no/such.png", "--no-peers"], "image not found"),
     (["latency", "--prompt", "   ", "--no-peers"], "prompt is empty"),
+    (["latency", "--schedule", "nonsense", "--no-peers"], "unknown schedule 'nonsense'"),
+    (["latency", "--schedule", str(ROOT / "benchmarks" / "results" / "gsearch_vision.json"), "--no-peers"],
+     "run it with --vision-keep 266"),  # the sweep's default keeps are all and 64
 ])
 def test_latency_checks_what_it_is_given_before_measuring(argv, words, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ACCM_CACHE", str(tmp_path / "cache"))

@@ -18,10 +18,7 @@ def _accuracy(args) -> int:
     else:
         from ..pruning.schedule import Schedule
 
-        try:
-            schedule = Schedule.parse(args.schedule)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+        schedule = Schedule.parse(args.schedule)  # a bad spec is refused before the model loads
         answer = TorchAnswerer(args.model, args.vision_keep, schedule, args.score_layer,
                                random_keep_seed=args.seed if args.random_keep else None, accm=args.accm,
                                accm_dir=args.accm_dir, caption_mode=args.caption_mode, seed=args.seed)

@@ -41,6 +41,7 @@ def latency_sweep(model: str | None, bundles: list[str], keeps: list[int | None]
     from ..bundle.manifest import load_manifest
     from ..export.default import default_options, ensure_bundle
     from ..inputs import check_prompt, load_image
+    from ..models.dims import patch_count
     from ..models.registry import resolve
 
     # what the user named is checked here, once: each measurement runs in a child process whose
@@ -54,6 +55,13 @@ def latency_sweep(model: str | None, bundles: list[str], keeps: list[int | None]
     common = {"warmup": warmup, "repeat": repeat, "new_tokens": new_tokens, "image": image, "prompt": prompt}
     targets = [("bundle", {"bundle": str(b), "provider": provider, "share_weights": share_weights, **common})
                for b in bundles]
+    source = resolve(model) if (model is not None or not bundles) else None
+    config = AutoConfig.from_pretrained(source.path) if source else None
+    if config is not None:  # every schedule must fit every keep before the first bundle is exported
+        for k in keeps:
+            for s in schedules:
+                Schedule.parse(s).counts_for_input(config.text_config.num_hidden_layers,
+                                                   patch_count(config.vision_config), k)
     if model is not None or not bundles:
         configs = [(p, k, s) for p in precisions for k in keeps for s in schedules]
         for p in precisions:  # the full-token baseline of each precision, for speedups
@@ -71,8 +79,6 @@ def latency_sweep(model: str | None, bundles: list[str], keeps: list[int | None]
     results = []
     for kind, args in tqdm(targets, desc="measure", unit="config", disable=not progress):
         results.append(run_isolated(kind, args))
-    source = resolve(model) if (model is not None or not bundles) else None
-    config = AutoConfig.from_pretrained(source.path) if source else None
     for r in results:
         r["name"] = _name(r)
         if r["kind"] == "bundle" and config is not None:

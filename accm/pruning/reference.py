@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from ..data.preprocess import ImageSpec, preprocess
-from ..errors import ScheduleError
 from ..models.dims import patch_count
 from ..models.prompt import build_prompt_ids, left_pad, rendered_prompt_ids
 from ..models.templates import template_from_processor
@@ -51,11 +50,7 @@ class ReferencePipeline:
         self.compensator = compensator  # ACCM: captions of the discarded tokens, spliced into the prompt
         self.image_id = model.config.image_token_index
         self.n_patches = patch_count(model.config.vision_config)
-        n_image = self.n_patches if vision_keep is None else min(vision_keep, self.n_patches)
-        try:  # before any work: a per-layer schedule must fit this model's layers and this input
-            self.schedule.layer_counts(model.config.text_config.num_hidden_layers, n_image)
-        except ValueError as e:
-            raise ScheduleError(str(e)) from None
+        self.schedule.counts_for_input(model.config.text_config.num_hidden_layers, self.n_patches, vision_keep)
 
     def pixel_values(self, images) -> torch.Tensor:
         return torch.from_numpy(np.stack([preprocess(im, self.spec) for im in images]))
