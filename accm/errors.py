@@ -9,5 +9,5 @@ class InputError(AccmUserError, ValueError):
     """An image or prompt the pipeline cannot take."""
 
 
-class ScheduleError(AccmUserError, ValueError):
-    """A pruning schedule that does not fit the model or the input it is run on."""
+class PruningError(AccmUserError, ValueError):
+    """A pruning setting (schedule, CLIP score layer) that does not fit the model or the input."""

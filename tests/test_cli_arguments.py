@@ -101,3 +101,13 @@ def test_a_schedule_that_does_not_fit_the_input_is_refused_before_answering(sche
     assert bench.main(["accuracy", "--n", "4", "--quiet", "--schedule", spec, *keep]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--score-layer", "99", "--vision-keep", "18"], "CLIP score layer 99 out of range for 4 layers"),
+    (["--caption-mode", "oracle"], "--caption-mode chooses among ACCM's captions: add --accm"),
+])
+def test_accuracy_settings_that_cannot_apply_are_refused(argv, words, capsys):
+    assert bench.main(["accuracy", "--n", "4", "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err, err

@@ -19,9 +19,11 @@ def _accuracy(args) -> int:
         from ..pruning.schedule import Schedule
 
         schedule = Schedule.parse(args.schedule)  # a bad spec is refused before the model loads
+        if args.caption_mode is not None and not args.accm:
+            raise UserError("--caption-mode chooses among ACCM's captions: add --accm (and --vision-keep K)")
         answer = TorchAnswerer(args.model, args.vision_keep, schedule, args.score_layer,
                                random_keep_seed=args.seed if args.random_keep else None, accm=args.accm,
-                               accm_dir=args.accm_dir, caption_mode=args.caption_mode, seed=args.seed)
+                               accm_dir=args.accm_dir, caption_mode=args.caption_mode or "selected", seed=args.seed)
     result = evaluate(answer, n=args.n, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -100,9 +102,9 @@ def build_parser() -> Parser:
     a.add_argument("--random-keep", action="store_true", help="keep random patches instead of attention-guided")
     a.add_argument("--accm", action="store_true", help="compensate vision-side pruning with ACCM captions")
     a.add_argument("--accm-dir", default=None, help="trained caption/ and selector/ (default: <model>/accm)")
-    a.add_argument("--caption-mode", choices=["selected", "top", "random", "oracle", "none"], default="selected",
-                   help="with --accm: the selector's caption, the best beam (no selector), a random candidate, "
-                        "or best-of-M (oracle)")
+    a.add_argument("--caption-mode", choices=["selected", "top", "random", "oracle", "none"], default=None,
+                   help="with --accm: the selector's caption (default), the best beam (no selector), a random "
+                        "candidate, or best-of-M (oracle)")
     a.add_argument("--batch-size", type=number(int, low=1), default=16)
     a.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     a.add_argument("--json", action="store_true")

@@ -18,7 +18,7 @@ from ..models.prompt import build_prompt_ids, left_pad, rendered_prompt_ids
 from ..models.templates import template_from_processor
 from .llm import generate
 from .schedule import Schedule
-from .vision import vision_features
+from .vision import resolve_layer, vision_features
 
 
 @dataclasses.dataclass
@@ -50,7 +50,9 @@ class ReferencePipeline:
         self.compensator = compensator  # ACCM: captions of the discarded tokens, spliced into the prompt
         self.image_id = model.config.image_token_index
         self.n_patches = patch_count(model.config.vision_config)
+        # before any work: the schedule must fit the model and this input, the score layer the tower
         self.schedule.counts_for_input(model.config.text_config.num_hidden_layers, self.n_patches, vision_keep)
+        resolve_layer(model.config.vision_config.num_hidden_layers, score_layer)
 
     def pixel_values(self, images) -> torch.Tensor:
         return torch.from_numpy(np.stack([preprocess(im, self.spec) for im in images]))

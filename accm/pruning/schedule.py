@@ -15,7 +15,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..errors import ScheduleError
+from ..errors import PruningError
 from ..files import write_text
 
 FORMAT = "accm-schedule"
@@ -39,20 +39,20 @@ class Schedule:
     def fastv(cls, layer: int, keep: int) -> Schedule:
         layer, keep = int(layer), int(keep)
         if layer < 1:
-            raise ScheduleError(f"FastV layer K must be >= 1 (layer 0 has no attention before it), got {layer}")
+            raise PruningError(f"FastV layer K must be >= 1 (layer 0 has no attention before it), got {layer}")
         if keep < 0:
-            raise ScheduleError(f"FastV keep count must be >= 0, got {keep}")
+            raise PruningError(f"FastV keep count must be >= 0, got {keep}")
         return cls("fastv", layer=layer, keep=keep)
 
     @classmethod
     def per_layer(cls, counts, meta: dict | None = None) -> Schedule:
         counts = tuple(int(c) for c in counts)
         if not counts:
-            raise ScheduleError("a per-layer schedule needs one count per decoder layer")
+            raise PruningError("a per-layer schedule needs one count per decoder layer")
         if any(c < 0 for c in counts):
-            raise ScheduleError(f"per-layer counts must be >= 0: {list(counts)}")
+            raise PruningError(f"per-layer counts must be >= 0: {list(counts)}")
         if any(b > a for a, b in zip(counts, counts[1:])):
-            raise ScheduleError(f"per-layer counts must be non-increasing: {list(counts)}")
+            raise PruningError(f"per-layer counts must be non-increasing: {list(counts)}")
         return cls("per_layer", counts=counts, meta=dict(meta or {}))
 
     # parsing --------------------------------------------------------------------------------
@@ -69,26 +69,26 @@ class Schedule:
         if text.startswith("fastv:"):
             parts = text.split(":")
             if len(parts) != 3 or not all(p.strip().lstrip("-").isdigit() for p in parts[1:]):
-                raise ScheduleError(f"bad FastV schedule {text!r}; expected fastv:K:k, e.g. fastv:2:64")
+                raise PruningError(f"bad FastV schedule {text!r}; expected fastv:K:k, e.g. fastv:2:64")
             return cls.fastv(int(parts[1]), int(parts[2]))
         if text.startswith("layers:"):
             body = text[len("layers:"):]
             try:
                 counts = [int(c) for c in body.split(",")]
             except ValueError:
-                raise ScheduleError(f"bad per-layer schedule {text!r}; expected layers:576,576,288,…") from None
+                raise PruningError(f"bad per-layer schedule {text!r}; expected layers:576,576,288,…") from None
             return cls.per_layer(counts)
         path = Path(text)
         if path.suffix == ".json" or path.exists():
             return cls.load(path)
-        raise ScheduleError(f"unknown schedule {text!r}; use none, fastv:K:k, layers:c0,c1,… or a JSON file")
+        raise PruningError(f"unknown schedule {text!r}; use none, fastv:K:k, layers:c0,c1,… or a JSON file")
 
     @classmethod
     def from_json(cls, data: dict) -> Schedule:
         if data.get("format") != FORMAT:
-            raise ScheduleError(f"not a schedule file (format {data.get('format')!r}, expected {FORMAT!r})")
+            raise PruningError(f"not a schedule file (format {data.get('format')!r}, expected {FORMAT!r})")
         if int(data.get("version", 0)) > FORMAT_VERSION:
-            raise ScheduleError(f"schedule format version {data['version']} is newer than this toolkit "
+            raise PruningError(f"schedule format version {data['version']} is newer than this toolkit "
                              f"reads ({FORMAT_VERSION})")
         kind = data.get("kind")
         meta = {k: v for k, v in data.items() if k not in ("format", "version", "kind", "layer", "keep", "counts")}
@@ -98,7 +98,7 @@ class Schedule:
             return dataclasses.replace(cls.fastv(data["layer"], data["keep"]), meta=meta)
         if kind == "per_layer":
             return cls.per_layer(data["counts"], meta=meta)
-        raise ScheduleError(f"unknown schedule kind {kind!r}")
+        raise PruningError(f"unknown schedule kind {kind!r}")
 
     @classmethod
     def load(cls, path: str | Path) -> Schedule:
@@ -106,9 +106,9 @@ class Schedule:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ScheduleError(f"schedule file not found: {path}") from None
+            raise PruningError(f"schedule file not found: {path}") from None
         except json.JSONDecodeError as e:
-            raise ScheduleError(f"schedule file {path} is not valid JSON: {e}") from None
+            raise PruningError(f"schedule file {path} is not valid JSON: {e}") from None
         return cls.from_json(data)
 
     def to_json(self) -> dict:
@@ -134,7 +134,7 @@ class Schedule:
     # application ------------------------------------------------------------------------------
     def counts_for_input(self, num_layers: int, n_patches: int, vision_keep: int | None = None) -> list[int]:
         """``layer_counts`` on an input of the vision tower's top ``vision_keep`` of ``n_patches``
-        (None: all): call it before any work, it raises ``ScheduleError`` if the schedule does not fit."""
+        (None: all): call it before any work, it raises ``PruningError`` if the schedule does not fit."""
         return self.layer_counts(num_layers, n_patches if vision_keep is None else min(vision_keep, n_patches))
 
     def layer_counts(self, num_layers: int, n_image: int) -> list[int]:
@@ -145,15 +145,15 @@ class Schedule:
             k = min(self.keep, n_image)
             return [n_image if layer < self.layer else k for layer in range(num_layers)]
         if len(self.counts) != num_layers:
-            raise ScheduleError(f"per-layer schedule has {len(self.counts)} counts for a model with "
+            raise PruningError(f"per-layer schedule has {len(self.counts)} counts for a model with "
                              f"{num_layers} decoder layers")
         searched = self.meta.get("vision_keep")  # a schedule searched on a vision-pruned input
         if searched is not None and n_image != searched:
-            raise ScheduleError(f"this schedule was searched on the vision tower's top {searched} tokens, "
+            raise PruningError(f"this schedule was searched on the vision tower's top {searched} tokens, "
                              f"not {n_image}: run it with --vision-keep {searched}")
         counts = [min(c, n_image) for c in self.counts]
         if counts[0] != n_image:
-            raise ScheduleError(f"layer 0 cannot be pruned (no attention before it): the schedule keeps "
+            raise PruningError(f"layer 0 cannot be pruned (no attention before it): the schedule keeps "
                              f"{counts[0]} of {n_image} image tokens there")
         return counts
 

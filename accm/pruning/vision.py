@@ -11,6 +11,7 @@ import dataclasses
 
 import torch
 
+from ..errors import PruningError
 from .select import image_scores, select_tokens
 
 
@@ -26,7 +27,7 @@ def resolve_layer(n_layers: int, layer: int | None) -> int:
         return n_layers - 1
     idx = layer + n_layers if layer < 0 else layer
     if not 0 <= idx < n_layers:
-        raise ValueError(f"CLIP score layer {layer} out of range for {n_layers} layers")
+        raise PruningError(f"CLIP score layer {layer} out of range for {n_layers} layers")
     return idx
 
 
