@@ -175,11 +175,16 @@ def to_counts(ratios: np.ndarray, n_image: int) -> list[int]:
 L0_RANGE = 64.0  # midpoints searched in [-L0_RANGE * layers, L0_RANGE * layers]
 
 
+def floor_counts(curve: Callable[[float], np.ndarray], n_image: int) -> list[int]:
+    """The fewest tokens a curve keeps: its counts at the leftmost midpoint searched."""
+    return to_counts(curve(-L0_RANGE * len(curve(0.0))), n_image)
+
+
 def _bisect_l0(curve: Callable[[float], np.ndarray], n_image: int, too_big: Callable[[list[int]], bool]):
     """The largest midpoint whose counts are not ``too_big`` (counts grow with l0)."""
     layers = len(curve(0.0))
     lo, hi = -L0_RANGE * layers, L0_RANGE * layers
-    if too_big(to_counts(curve(lo), n_image)):
+    if too_big(floor_counts(curve, n_image)):
         return None
     for _ in range(80):
         mid = (lo + hi) / 2
@@ -221,7 +226,7 @@ def fit_flops(curve: Callable[[float], np.ndarray], n_image: int, flops_ratio: C
     """The counts of the largest midpoint whose prefill FLOPs ratio stays at or under ``target``."""
     l0 = _bisect_l0(curve, n_image, lambda c: flops_ratio(c) > target)
     if l0 is None:
-        least = flops_ratio(to_counts(curve(-L0_RANGE * len(curve(0.0))), n_image))
+        least = flops_ratio(floor_counts(curve, n_image))
         raise ValueError(f"a FLOPs ratio of {target:.4f} is below what this curve's floor can reach ({least:.4f})")
     return to_counts(curve(l0), n_image)
 
