@@ -3,6 +3,10 @@ gates move the curriculum on, and a finished run resumes to nothing."""
 
 import json
 
+import numpy as np
+import pytest
+import torch
+
 from accm.models.tiny import TinySizes
 from accm.train.base import BaseRecipe, train_base
 
@@ -11,13 +15,19 @@ def _log(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+SIZES = TinySizes(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=48, text_layers=2,
+                  text_heads=2, text_intermediate=96)
+
+
+def _tiny_recipe(**kw) -> BaseRecipe:
+    return BaseRecipe(sizes=SIZES, n_train_scenes=24, n_val_scenes=8, vision_max_steps=16, vision_batch=4,
+                      vision_decay_steps=4, llm_max_steps=16, llm_decay_steps=4, llm_batch=4,
+                      questions_per_image=4, eval_every=8, eval_scenes=8, vision_log_every=8,
+                      vision_lr=3e-3, llm_lr=3e-3, **kw)
+
+
 def test_recipe_trains_and_resumes(tmp_path):
-    sizes = TinySizes(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=48, text_layers=2,
-                      text_heads=2, text_intermediate=96)
-    recipe = BaseRecipe(sizes=sizes, n_train_scenes=24, n_val_scenes=8, vision_max_steps=16, vision_batch=4,
-                        vision_decay_steps=4, llm_max_steps=16, llm_decay_steps=4, llm_batch=4,
-                        questions_per_image=4, eval_every=8, eval_scenes=8, vision_log_every=8,
-                        vision_lr=3e-3, llm_lr=3e-3)
+    recipe = _tiny_recipe()
     work, out = tmp_path / "work", tmp_path / "out"
     summary = train_base(work, out, recipe)
     vision = _log(work / "vision_log.jsonl")
@@ -75,3 +85,71 @@ def test_a_plateau_gate_passes_on_a_stall_but_not_before_the_metric_leaves_its_f
     assert Plateau(target=0.9).update(0.95)
     unfloored = Plateau(patience=2)
     assert not unfloored.update(0.0) and not unfloored.update(0.0) and unfloored.update(0.0)
+
+
+def test_training_steps_keep_every_tensor_on_the_models_device(tmp_path):
+    """--device cuda cannot run here, so both stages' training steps run on PyTorch's ``meta``
+    device (shapes, no data): a label, mask or feature left on the CPU meets a model tensor on
+    another device and raises, as it would on a GPU."""
+    from transformers import LlavaForConditionalGeneration
+
+    from accm.models import tiny
+    from accm.train import llm_stage, vision_stage
+    from accm.train.packing import Packer
+    from accm.train.pool import render_pool
+
+    tok = tiny.build_tokenizer(SIZES)
+    model = LlavaForConditionalGeneration(tiny.build_config(tok, SIZES)).to("meta")
+    pool = render_pool(tmp_path / "pool", "train", 4)
+    heads = vision_stage.DenseHeads(SIZES.vision_hidden).to("meta")
+    loss, parts, _, _ = vision_stage.dense_loss(model.model.vision_tower, heads, pool, np.arange(4))
+    loss.backward()
+    assert loss.device.type == "meta" and all(v.device.type == "meta" for v in parts.values())
+
+    features = torch.zeros(pool.n, 576, SIZES.vision_hidden)  # the cached table stays on the CPU
+    scores = np.random.default_rng(1).random((pool.n, 576)).astype(np.float32)
+    rng, full_level = np.random.default_rng(0), llm_stage.default_levels({"acc": 1.0})[-1]
+    for full_image in (False, True):
+        pairs = [llm_stage.sample_item(pool, row, rng, 4, full_level, scores, full_image) for row in range(4)]
+        loss, logits, _ = llm_stage._step_loss(model, Packer(tok, tiny.TEMPLATE), [p[0] for p in pairs],
+                                               [p[1] for p in pairs], features)
+        loss.backward()
+        assert loss.device.type == "meta" and logits.device.type == "meta"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_training_without_a_gpu_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from accm.cli.train import main
+
+    work = tmp_path / "work"
+    assert main(["base", "--work", str(work), "--output", str(tmp_path / "out"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda needs an NVIDIA GPU" in err[0] and "--device cpu" in err[0]
+    assert not work.exists() and not (tmp_path / "out").exists()
+    assert main(["base", "--work", str(work), "--output", str(tmp_path / "out"), "--device", "tpu"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.torch_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of torch and an NVIDIA GPU")
+def test_recipe_trains_on_cuda_as_on_cpu(tmp_path):
+    """The same recipe on a GPU: it runs, writes a plain CPU checkpoint, resumes across devices,
+    and its first logged losses are the CPU run's (float reductions differ in order, not in what
+    is learnt)."""
+    from transformers import LlavaForConditionalGeneration
+
+    runs = {}
+    for device in ("cpu", "cuda"):
+        work, out = tmp_path / device / "work", tmp_path / device / "out"
+        summary = train_base(work, out, _tiny_recipe(device=device))
+        runs[device] = (_log(work / "vision_log.jsonl"), _log(work / "llm_log.jsonl"), summary)
+    assert runs["cuda"][2]["device"] != "cpu" and runs["cpu"][2]["device"] == "cpu"
+    for stage in (0, 1):
+        cpu, gpu = runs["cpu"][stage][0]["loss"], runs["cuda"][stage][0]["loss"]
+        assert abs(cpu - gpu) <= 0.02 * abs(cpu), (stage, cpu, gpu)
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "cuda" / "out")
+    assert model.lm_head.weight.device.type == "cpu"
+    # a CUDA work directory resumes on the CPU: nothing left to train
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cuda" / "work").glob("*.pt")}
+    train_base(tmp_path / "cuda" / "work", tmp_path / "cuda" / "out2", _tiny_recipe(device="cpu"))
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cuda" / "work").glob("*.pt")} == before

@@ -24,6 +24,7 @@ import torch
 
 from ..models import tiny
 from . import checkpoint
+from .device import DEVICES, training_device
 from .llm_stage import FULL_BATCH_SHARE, default_levels, extract_features, train_llm
 from .pool import render_pool
 from .vision_stage import VISION_GATE, train_vision
@@ -53,6 +54,7 @@ class BaseRecipe:
     eval_scenes: int = 200
     vision_log_every: int = 100
     threads: int = 0  # torch threads; 0 keeps torch's default
+    device: str = dataclasses.field(default="cpu", metadata={"choices": DEVICES})
 
 
 def _tokenizer(work: Path, sizes: tiny.TinySizes, init: Path | None = None):
@@ -72,6 +74,7 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None, init:
     from ..models.hf_build import llava_processor
 
     recipe = recipe or BaseRecipe()
+    device = training_device(recipe.device)  # before anything is written
     work, output = Path(work), Path(output)
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.json").write_text(json.dumps(
@@ -85,6 +88,7 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None, init:
         model = LlavaForConditionalGeneration.from_pretrained(init, torch_dtype=torch.float32)
     else:
         model = LlavaForConditionalGeneration(tiny.build_config(tok, recipe.sizes))
+    model.to(device)
     pool = render_pool(work / "pool", "train", recipe.n_train_scenes)
     val = render_pool(work / "pool", "val", recipe.n_val_scenes)
 
@@ -107,7 +111,7 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None, init:
                     n_val_scenes=recipe.eval_scenes, full_batch_share=recipe.full_batch_share)
 
     output.mkdir(parents=True, exist_ok=True)
-    model.eval()
+    model.to("cpu").eval()
     model.save_pretrained(output, safe_serialization=True)
     llava_processor(tok, tiny.TEMPLATE).save_pretrained(output)
     summary = {
@@ -117,6 +121,7 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None, init:
         "llm": llm,
         "train_seconds_this_run": round(time.time() - t0, 1),
         "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -42,6 +42,7 @@ from ..data.preprocess import preprocess_uint8
 from ..pruning.select import select_tokens
 from ..pruning.vision import encoder_layers, patch_scores
 from . import checkpoint
+from .device import module_device
 from .gate import GatedSchedule, gate_passed
 from .packing import N_PATCHES, Packer, PackItem, packed_logits
 from .pool import ScenePool
@@ -101,11 +102,12 @@ def extract_features(model, pool: ScenePool, out_dir: Path, batch: int = 32):
     layers = encoder_layers(tower)
     layer = model.config.vision_feature_layer
     tower.eval()
+    device = module_device(tower)
     for s in tqdm(range(0, pool.n, batch), desc=f"features {pool.split}", unit="batch"):
         idx = np.arange(s, min(s + batch, pool.n))
-        out = tower(torch.from_numpy(preprocess_uint8(pool.images[idx])), output_hidden_states=True)
-        feats[idx] = out.hidden_states[layer][:, 1:].numpy().astype(np.float16)
-        scores[idx] = patch_scores(layers[-1], out.hidden_states[len(layers) - 1]).numpy()
+        out = tower(torch.from_numpy(preprocess_uint8(pool.images[idx])).to(device), output_hidden_states=True)
+        feats[idx] = out.hidden_states[layer][:, 1:].cpu().numpy().astype(np.float16)
+        scores[idx] = patch_scores(layers[-1], out.hidden_states[len(layers) - 1]).cpu().numpy()
     feats.flush()
     del feats
     feat_path.with_suffix(".tmp.npy").rename(feat_path)
@@ -232,8 +234,9 @@ def _step_loss(model, packer: Packer, items, families, features: torch.Tensor):
     batch = packer.pack(items, families)
     logits = packed_logits(model, batch, features)
     dense = torch.tensor([f == "dense" for f in batch.label_family], dtype=torch.bool)
-    weights = torch.where(batch.is_answer, 1.0, torch.where(dense, DENSE_WEIGHT, 0.2))
-    loss = (F.cross_entropy(logits, batch.labels, reduction="none") * weights).sum() / weights.sum()
+    weights = torch.where(batch.is_answer, 1.0, torch.where(dense, DENSE_WEIGHT, 0.2)).to(logits.device)
+    labels = batch.labels.to(logits.device)
+    loss = (F.cross_entropy(logits, labels, reduction="none") * weights).sum() / weights.sum()
     return loss, logits, batch
 
 
@@ -279,7 +282,7 @@ def evaluate(model, packer: Packer, items, fams, features: torch.Tensor, batch: 
     for s in range(0, len(items), batch):
         packed = packer.pack(items[s:s + batch], fams[s:s + batch])
         logits = packed_logits(model, packed, features)
-        pred = logits.argmax(-1)[packed.is_answer]
+        pred = logits.argmax(-1).cpu()[packed.is_answer]
         gold = packed.labels[packed.is_answer]
         for f, ok in zip(packed.answer_family, (pred == gold).tolist()):
             hits[f].append(ok)

@@ -42,6 +42,12 @@ class PackedBatch:
     #: [n_labels] the family of the block each label belongs to (empty without families)
     label_family: list[str] = dataclasses.field(default_factory=list)
 
+    def to(self, device) -> PackedBatch:
+        """The batch with its tensors on ``device`` (the families stay lists)."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
+                                            for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+
 
 class Packer:
     def __init__(self, tokenizer, template: str):
@@ -131,15 +137,17 @@ class Packer:
 def packed_logits(model, batch: PackedBatch, features: torch.Tensor) -> torch.Tensor:
     """Logits at the label positions of a packed batch, through a HF LLaVA's own modules.
 
-    ``features``: the feature table ``[rows, 576, D_vision]`` (unprojected vision features).
+    ``features``: the feature table ``[rows, 576, D_vision]`` (unprojected vision features), on
+    the batch's device (the CPU, as packed): only the tokens a batch shows go to the model's.
     """
     inner = model.model
+    shown = features[batch.image_rows, batch.image_patches] if batch.image_rows.numel() else None
+    batch = batch.to(model.lm_head.weight.device)
     embeds = inner.language_model.get_input_embeddings()(
         batch.input_ids.masked_fill(batch.image_slot, 0)
     )
-    if batch.image_rows.numel():
-        feats = features[batch.image_rows, batch.image_patches].to(embeds.dtype)
-        projected = inner.multi_modal_projector(feats)
+    if shown is not None:
+        projected = inner.multi_modal_projector(shown.to(embeds.device, embeds.dtype))
         embeds = embeds.masked_scatter(batch.image_slot[..., None], projected)
     hidden = inner.language_model(
         inputs_embeds=embeds,

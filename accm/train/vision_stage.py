@@ -24,6 +24,7 @@ from ..data.preprocess import preprocess_uint8
 from ..pruning.select import select_tokens
 from ..pruning.vision import encoder_layers, patch_scores
 from . import checkpoint
+from .device import module_device
 from .gate import GatedSchedule, gate_passed
 from .pool import COLOUR_IDS, SHAPE_IDS, ScenePool
 
@@ -63,39 +64,40 @@ def _count_targets(pool: ScenePool, idx: np.ndarray) -> torch.Tensor:
 
 def dense_loss(tower, heads: DenseHeads, pool: ScenePool, idx: np.ndarray):
     idx = np.sort(idx)
-    pixels = torch.from_numpy(preprocess_uint8(pool.images[idx]))
+    device = module_device(tower)
+    on = lambda a: torch.as_tensor(a).to(device)  # noqa: E731
+    pixels = on(preprocess_uint8(pool.images[idx]))
     labels = pool.patch_labels(idx)
     out = tower(pixels, output_hidden_states=True)
     last = out.hidden_states[-1]
     patches, cls = last[:, 1:], out.pooler_output
-    colour_t = torch.from_numpy(labels["colour"])
-    shape_t = torch.from_numpy(labels["shape"])
+    colour_t = on(labels["colour"])
+    shape_t = on(labels["shape"])
     weight = torch.where(colour_t < N_COLOURS, 3.0, 1.0)  # objects are ~8% of patches
     ce = lambda logits, t: (F.cross_entropy(logits.transpose(1, 2), t, reduction="none") * weight).mean()  # noqa: E731
     loss_colour = ce(heads.colour(patches), colour_t)
     loss_shape = ce(heads.shape(patches), shape_t)
     loss_centre = F.binary_cross_entropy_with_logits(
-        heads.centre(patches).squeeze(-1), torch.from_numpy(labels["centre"]),
-        pos_weight=torch.tensor(10.0),
+        heads.centre(patches).squeeze(-1), on(labels["centre"]),
+        pos_weight=on(10.0),
     )
-    loss_pos = F.mse_loss(heads.position(patches), _grid_targets().expand(len(idx), -1, -1))
-    loss_cell = F.cross_entropy(heads.cell(patches).transpose(1, 2), CELL_TARGETS.expand(len(idx), -1))
-    loss_present = F.binary_cross_entropy_with_logits(
-        heads.present(cls), torch.from_numpy(labels["present"])
-    )
-    loss_counts = F.mse_loss(heads.counts(cls), _count_targets(pool, idx))
+    loss_pos = F.mse_loss(heads.position(patches), on(_grid_targets()).expand(len(idx), -1, -1))
+    loss_cell = F.cross_entropy(heads.cell(patches).transpose(1, 2), on(CELL_TARGETS).expand(len(idx), -1))
+    loss_present = F.binary_cross_entropy_with_logits(heads.present(cls), on(labels["present"]))
+    loss_counts = F.mse_loss(heads.counts(cls), on(_count_targets(pool, idx)))
     parts = {
         "colour": loss_colour, "shape": loss_shape, "centre": loss_centre,
         "position": 5 * loss_pos, "cell": loss_cell, "present": 2 * loss_present, "counts": 0.2 * loss_counts,
     }
-    return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}, out, labels
+    # detached tensors, read only when logged (reading one waits for the GPU)
+    return sum(parts.values()), {k: v.detach() for k, v in parts.items()}, out, labels
 
 
 def _object_accuracy(heads: DenseHeads, patches: torch.Tensor, pool: ScenePool, idx) -> tuple[float, float]:
     """Colour and shape read from an object's patches together (their mean logits), as attention
     over the object's patches can: a patch an object only grazes shows a corner of it."""
-    colour_logits = heads.colour(patches)[..., :N_COLOURS].numpy()
-    shape_logits = heads.shape(patches)[..., :N_SHAPES].numpy()
+    colour_logits = heads.colour(patches)[..., :N_COLOURS].cpu().numpy()
+    shape_logits = heads.shape(patches)[..., :N_SHAPES].cpu().numpy()
     colour_hits, shape_hits = [], []
     for r, i in enumerate(idx):
         for k, o in enumerate(pool.objects[i]):
@@ -109,20 +111,21 @@ def _object_accuracy(heads: DenseHeads, patches: torch.Tensor, pool: ScenePool, 
 def evaluate(tower, heads: DenseHeads, pool: ScenePool, n: int = 64, keep: int = 18) -> dict:
     tower.eval()
     idx = np.arange(min(n, pool.n))
-    pixels = torch.from_numpy(preprocess_uint8(pool.images[idx]))
+    device = module_device(tower)
+    pixels = torch.from_numpy(preprocess_uint8(pool.images[idx])).to(device)
     out = tower(pixels, output_hidden_states=True)
     labels = pool.patch_labels(idx)
     patches = out.hidden_states[-1][:, 1:]
     obj = labels["colour"] < N_COLOURS
-    colour_acc = float((heads.colour(patches).argmax(-1).numpy() == labels["colour"])[obj].mean())
-    shape_hit = heads.shape(patches).argmax(-1).numpy() == labels["shape"]
+    colour_acc = float((heads.colour(patches).argmax(-1).cpu().numpy() == labels["colour"])[obj].mean())
+    shape_hit = heads.shape(patches).argmax(-1).cpu().numpy() == labels["shape"]
     shape_acc = float(shape_hit[obj].mean())
     centre_shape_acc = float(shape_hit[labels["centre"] > 0].mean())  # the patch holding the object's centre
-    cell_acc = float((heads.cell(patches).argmax(-1) == CELL_TARGETS).float().mean())
+    cell_acc = float((heads.cell(patches).argmax(-1).cpu() == CELL_TARGETS).float().mean())
     object_colour, object_shape = _object_accuracy(heads, patches, pool, idx)
     layers = encoder_layers(tower)
     scores = patch_scores(layers[-1], out.hidden_states[len(layers) - 1])
-    kept = select_tokens(scores, keep).numpy()
+    kept = select_tokens(scores.cpu(), keep).numpy()
     on_object = float(np.take_along_axis(pool.patch_object[idx], kept, 1).__ge__(0).mean())
     covered = []
     for r, i in enumerate(idx):
@@ -151,7 +154,7 @@ def train_vision(model, pool: ScenePool, val: ScenePool, work: Path, max_steps: 
     torch.manual_seed(seed)
     gate = VISION_GATE if gate is None else gate
     tower = model.model.vision_tower
-    heads = DenseHeads(tower.config.hidden_size)
+    heads = DenseHeads(tower.config.hidden_size).to(module_device(tower))
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = GatedSchedule(lr, warmup=100, decay_steps=decay_steps, max_steps=max_steps)
@@ -180,8 +183,9 @@ def train_vision(model, pool: ScenePool, val: ScenePool, work: Path, max_steps: 
             metrics = evaluate(tower, heads, val)
             if gate_passed(metrics, gate):
                 schedule.pass_gate(step)
-            rec = {"step": step, "loss": float(loss), **parts, **metrics, "lr": schedule.lr(step),
-                   "gate_passed_at": schedule.passed_at, "elapsed_s": round(time.time() - t0, 1)}
+            rec = {"step": step, "loss": float(loss), **{k: float(v) for k, v in parts.items()}, **metrics,
+                   "lr": schedule.lr(step), "gate_passed_at": schedule.passed_at,
+                   "elapsed_s": round(time.time() - t0, 1)}
             with log.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             checkpoint.save(ckpt_path, tower=tower.state_dict(), heads=heads.state_dict(),
