@@ -153,3 +153,16 @@ def test_recipe_trains_on_cuda_as_on_cpu(tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cuda" / "work").glob("*.pt")}
     train_base(tmp_path / "cuda" / "work", tmp_path / "cuda" / "out2", _tiny_recipe(device="cpu"))
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cuda" / "work").glob("*.pt")} == before
+
+
+def test_a_pool_rendered_by_several_processes_is_the_pool_rendered_by_one(tmp_path, monkeypatch):
+    from accm.train import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "RENDER_CHUNK", 5)  # several ranges, out of order across workers
+    one = pool_module.render_pool(tmp_path / "one", "val", 23, workers=1)
+    two = pool_module.render_pool(tmp_path / "two", "val", 23, workers=2)
+    assert np.array_equal(np.asarray(one.images), np.asarray(two.images)) and np.asarray(one.images).any()
+    assert np.array_equal(one.patch_object, two.patch_object) and np.array_equal(one.patch_centre, two.patch_centre)
+    assert one.objects == two.objects and len(one.objects) == 23
+    meta = [(tmp_path / d / "val" / "meta.json").read_bytes() for d in ("one", "two")]
+    assert meta[0] == meta[1]
