@@ -493,3 +493,59 @@ def test_the_lookup_diagnostic_reports_each_heads_attention_on_the_asked_object(
         assert len(row["lookup_mass_by_head"]) == comp.caption.cfg.lm_heads
         assert all(0.0 <= m <= 1.0 for m in row["lookup_mass_by_head"])
         assert 0.0 <= row["first_token_right"] <= 1.0 and 0.0 <= row["first_token_probability"] <= 1.0
+
+
+def test_stage1_steps_keep_every_tensor_on_the_caption_models_device(tmp_path):
+    """--device cuda cannot run here: a stage 1 step (mapper, caption loss, lookup guide on an
+    attribute head) runs with the caption model on PyTorch's ``meta`` device instead, where a
+    tensor left on the CPU fails as it would on a GPU; what depends on the data alone (targets,
+    read cells) is worked out on the CPU first."""
+    from accm.models.loading import load_llava
+    from accm.train.accm import _resolved, stage1_loss
+    from accm.train.accm_data import CachedShapesCaptions
+
+    model, proc = random_llava(seed=9)
+    loaded_model(model, proc, tmp_path / "model")
+    lm = load_llava(str(tmp_path / "model"))
+    recipe = AccmRecipe(max_caption_tokens=8, input_tokens=64, prefix_all_tokens=1, stage1_attribute_head=1)
+    data = CachedShapesCaptions(lm.model, tmp_path / "work", "train", 4, describe_share=0.5)
+    caption = CaptionModel(caption_config(lm, recipe)).to("meta")
+    batch = _resolved(data.batch(np.arange(4), 18, np.random.default_rng(0)), caption)
+    assert batch.discarded.device.type == "meta" and all(isinstance(t, str) for t in batch.targets)
+    assert batch.read_cells is not None and len(batch.read_cells[0]) == 64
+    loss = stage1_loss(caption, lm.processor.tokenizer, batch, recipe)
+    loss.backward()
+    assert loss.device.type == "meta"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_accm_training_on_cuda_without_a_gpu_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from accm.cli.train import main
+
+    assert main(["accm", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "out"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda needs an NVIDIA GPU" in err[0]
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.torch_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of torch and an NVIDIA GPU")
+def test_accm_trains_on_cuda_as_on_cpu(tmp_path):
+    """Both stages on a GPU: the first logged stage 1 loss is the CPU run's (reductions differ in
+    order only), stage 2 runs the reference pipeline there, and the modules written load on the CPU."""
+    import json
+
+    model, proc = random_llava(seed=9)
+    loaded_model(model, proc, tmp_path / "model")
+    logs = {}
+    for device in ("cpu", "cuda"):
+        recipe = AccmRecipe(stage1_max_steps=12, stage1_batch=4, stage1_lr=3e-3, stage2_max_steps=2, stage2_batch=2,
+                            log_every=6, max_caption_tokens=8, answer_tokens=2, val_samples=6, decay_steps=2,
+                            input_tokens=64, prefix_all_tokens=1, stage1_cached_scenes=24, stage1_attribute_head=1,
+                            device=device)
+        train_accm(str(tmp_path / "model"), tmp_path / device / "out", tmp_path / device / "work", recipe)
+        logs[device] = [json.loads(line) for line in (tmp_path / device / "work" / "stage1_log.jsonl").open()]
+        assert (tmp_path / device / "work" / "stage2_log.jsonl").exists()
+    assert abs(logs["cpu"][0]["loss"] - logs["cuda"][0]["loss"]) <= 0.02 * abs(logs["cpu"][0]["loss"])
+    comp = Compensator.load(tmp_path / "cuda" / "out", proc.tokenizer)
+    assert next(comp.caption.parameters()).device.type == "cpu"

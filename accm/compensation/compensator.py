@@ -56,16 +56,18 @@ class Compensator:
         cache = out.past_key_values
         state = {"mask": mask, "pos": pos[:, -1]}
 
-        def step(tokens: np.ndarray, parents: np.ndarray) -> np.ndarray:
-            idx = torch.from_numpy(parents)
-            cache.reorder_cache(idx)
-            state["mask"] = torch.cat([state["mask"][idx], torch.ones(len(idx), 1, dtype=torch.long)], 1)
-            state["pos"] = state["pos"][idx] + 1
-            res = self.caption.lm(input_ids=torch.from_numpy(tokens)[:, None], attention_mask=state["mask"],
-                                  position_ids=state["pos"][:, None], past_key_values=cache, use_cache=True)
-            return res.logits[:, -1].float().numpy()
+        device = prefix.device  # the beams are kept in numpy; the model runs where it lies
 
-        return beam_search(out.logits[:, -1].float().numpy(), step, beams or cfg.beams, cfg.max_caption_tokens,
+        def step(tokens: np.ndarray, parents: np.ndarray) -> np.ndarray:
+            idx = torch.from_numpy(parents).to(device)
+            cache.reorder_cache(idx)
+            state["mask"] = torch.cat([state["mask"][idx], torch.ones(len(idx), 1, dtype=torch.long, device=device)], 1)
+            state["pos"] = state["pos"][idx] + 1
+            res = self.caption.lm(input_ids=torch.from_numpy(tokens).to(device)[:, None], attention_mask=state["mask"],
+                                  position_ids=state["pos"][:, None], past_key_values=cache, use_cache=True)
+            return res.logits[:, -1].float().cpu().numpy()
+
+        return beam_search(out.logits[:, -1].float().cpu().numpy(), step, beams or cfg.beams, cfg.max_caption_tokens,
                            set(cfg.stop_token_ids) | {cfg.eos_token_id}, cfg.pad_token_id)
 
     def decode(self, beam: Beam) -> str:
@@ -81,8 +83,12 @@ class Compensator:
     @torch.no_grad()
     def select(self, questions: list[str], candidates: list[list[str]]) -> np.ndarray:
         ids, mask = self.selector_inputs(questions, candidates)
-        logits = self.selector(torch.from_numpy(ids), torch.from_numpy(mask))
-        return torch.softmax(logits.float(), -1).numpy()
+        logits = self.selector(*self.selector_tensors(ids, mask))
+        return torch.softmax(logits.float(), -1).cpu().numpy()
+
+    def selector_tensors(self, ids: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.selector.parameters()).device
+        return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
     def __call__(self, discarded, discarded_index, discarded_scores, questions: list[str]) -> Compensation:
         beams = self.candidates(discarded, discarded_index, discarded_scores, questions)

@@ -155,6 +155,7 @@ class CaptionModel(nn.Module):
         for i, q in enumerate(question_ids):
             ids[i, length - len(q):] = torch.tensor(q)
             mask[i, length - len(q):] = 1
+        ids, mask = ids.to(prefix.device), mask.to(prefix.device)  # built on the CPU, one copy each
         embeds = torch.cat([self.embed(ids), prefix.to(self.embed(ids).dtype)], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         return embeds, mask, pos
@@ -173,6 +174,7 @@ class CaptionModel(nn.Module):
         for i, c in enumerate(caption_ids):
             cap[i, : len(c)] = torch.tensor(c)
             cmask[i, : len(c)] = 1
+        cap, cmask = cap.to(embeds.device), cmask.to(embeds.device)
         full = torch.cat([embeds, self.embed(cap)], 1)
         fmask = torch.cat([mask, cmask], 1)
         pos = (fmask.cumsum(-1) - 1).clamp(min=0)

@@ -42,9 +42,9 @@ def image_span(image_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
     if bool((counts != n).any()):
         raise ValueError(f"every row of a batch must hold the same number of image tokens, got {counts.tolist()}")
     if n == 0:
-        return torch.zeros(image_mask.shape[0], dtype=torch.long), 0
+        return torch.zeros(image_mask.shape[0], dtype=torch.long, device=image_mask.device), 0
     starts = image_mask.long().argmax(-1)
-    idx = torch.arange(image_mask.shape[1])
+    idx = torch.arange(image_mask.shape[1], device=image_mask.device)
     expected = (idx[None] >= starts[:, None]) & (idx[None] < starts[:, None] + n)
     if not torch.equal(expected, image_mask.bool()):
         raise ValueError("image tokens must form one contiguous run per row")
@@ -52,7 +52,7 @@ def image_span(image_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def last_valid_index(valid: torch.Tensor) -> torch.Tensor:
-    idx = torch.arange(valid.shape[1]).expand_as(valid)
+    idx = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
     return torch.where(valid.bool(), idx, -1).max(-1).values
 
 
@@ -60,9 +60,9 @@ def causal_mask(valid: torch.Tensor) -> torch.Tensor:
     """``[B, 1, L, L]`` bool: causal in sequence order, invalid keys masked; padding rows see
     themselves only (they are never attended, and this keeps SDPA free of empty rows)."""
     length = valid.shape[1]
-    idx = torch.arange(length)
+    idx = torch.arange(length, device=valid.device)
     mask = (idx[None, :] <= idx[:, None])[None] & valid.bool()[:, None, :]
-    mask = mask | torch.eye(length, dtype=torch.bool)[None]
+    mask = mask | torch.eye(length, dtype=torch.bool, device=valid.device)[None]
     return mask[:, None]
 
 
@@ -71,7 +71,7 @@ def for_attention(mask: torch.Tensor, decoder, dtype: torch.dtype) -> torch.Tens
     (SDPA takes booleans; eager adds the mask, so it gets 0 / dtype-min)."""
     if decoder.config._attn_implementation == "sdpa":
         return mask
-    return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 def last_query_attention(layer, hidden_in, position_embeddings, valid, query_index) -> torch.Tensor:
@@ -85,7 +85,7 @@ def last_query_attention(layer, hidden_in, position_embeddings, valid, query_ind
         raise NotImplementedError("decoders with q/k norms are not supported by the score recompute")
     x = layer.input_layernorm(hidden_in)
     b, length, _ = x.shape
-    rows = torch.arange(b)
+    rows = torch.arange(b, device=x.device)
     q = attn.q_proj(x[rows, query_index][:, None]).view(b, 1, -1, attn.head_dim).transpose(1, 2)
     k = attn.k_proj(x).view(b, length, -1, attn.head_dim).transpose(1, 2)
     cos, sin = position_embeddings
@@ -93,7 +93,7 @@ def last_query_attention(layer, hidden_in, position_embeddings, valid, query_ind
     _, k = apply_rotary_pos_emb(k, k, cos, sin)
     k = repeat_kv(k, attn.num_key_value_groups)
     logits = torch.matmul(q, k.transpose(2, 3)).float() * attn.scaling
-    idx = torch.arange(length)
+    idx = torch.arange(length, device=x.device)
     allowed = valid.bool() & (idx[None] <= query_index[:, None])
     logits = logits.masked_fill(~allowed[:, None, None, :], torch.finfo(torch.float32).min)
     return torch.softmax(logits, dim=-1)[:, :, 0, :]
@@ -135,7 +135,7 @@ def prefill(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, im
     points = schedule.prune_points(num_layers, n) if n else {}
     next_position = torch.where(valid, positions, -1).max(-1).values + 1
     bsz = inputs_embeds.shape[0]
-    alive = torch.arange(n).expand(bsz, n)  # surviving offsets into the layer-0 image span
+    alive = torch.arange(n, device=inputs_embeds.device).expand(bsz, n)  # surviving offsets into the layer-0 image span
     cache = DynamicCache(config=decoder.config)
     layer_valid: list[torch.Tensor] = []
     kept: dict[int, torch.Tensor] = {}
@@ -182,7 +182,7 @@ def prefill(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, im
     if record is not None:
         record.append(hidden)
     logits = lm_head(hidden)
-    last = logits[torch.arange(bsz), last_valid_index(valid)]
+    last = logits[torch.arange(bsz, device=logits.device), last_valid_index(valid)]
     return PrefillOutput(logits, last, cache, layer_valid, next_position, kept, positions, record)
 
 
@@ -196,17 +196,17 @@ def _offsets_to_selection(alive: torch.Tensor, offsets: torch.Tensor) -> torch.T
 
 def _mask_mode_mask(valid: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
     length = valid.shape[1]
-    idx = torch.arange(length)
+    idx = torch.arange(length, device=valid.device)
     mask = (idx[None, :] <= idx[:, None])[None] & key_valid[:, None, :]
-    return (mask | torch.eye(length, dtype=torch.bool)[None])[:, None]
+    return (mask | torch.eye(length, dtype=torch.bool, device=valid.device)[None])[:, None]
 
 
 def _keep_index(starts: torch.Tensor, n_cur: int, sel: torch.Tensor, length: int) -> torch.Tensor:
     """Per-row gather index: prefix, selected image tokens (ascending), suffix."""
-    rows = []
+    rows, dev = [], sel.device
     for b in range(starts.shape[0]):
         s = int(starts[b])
-        rows.append(torch.cat([torch.arange(s), s + sel[b], torch.arange(s + n_cur, length)]))
+        rows.append(torch.cat([torch.arange(s, device=dev), s + sel[b], torch.arange(s + n_cur, length, device=dev)]))
     return torch.stack(rows)
 
 
@@ -220,7 +220,7 @@ def decode_step(model, state: PrefillOutput, token_embeds: torch.Tensor, step: i
     pos = (state.next_position + step)[:, None]
     rotary = decoder.rotary_emb(token_embeds, pos)
     hidden = token_embeds
-    ones = torch.ones(token_embeds.shape[0], 1, dtype=torch.bool)
+    ones = torch.ones(token_embeds.shape[0], 1, dtype=torch.bool, device=token_embeds.device)
     for li, layer in enumerate(decoder.layers):
         keys_valid = torch.cat([state.layer_valid[li], ones], dim=1)
         mask = for_attention(keys_valid[:, None, None, :], decoder, hidden.dtype)
@@ -256,7 +256,7 @@ def generate(model, inputs_embeds, attention_mask, image_mask, schedule: Schedul
     embed = decoder.get_input_embeddings()
     state = prefill(model, inputs_embeds, attention_mask, image_mask, schedule, position_ids)
     logits = state.last_logits
-    done = torch.zeros(inputs_embeds.shape[0], dtype=torch.bool)
+    done = torch.zeros(inputs_embeds.shape[0], dtype=torch.bool, device=inputs_embeds.device)
     out = []
     for step in range(max_new_tokens):
         if step_logits is not None:
@@ -269,5 +269,5 @@ def generate(model, inputs_embeds, attention_mask, image_mask, schedule: Schedul
         if bool(done.all()) or step + 1 == max_new_tokens:
             break
         logits = decode_step(model, state, embed(nxt[:, None]), step)
-    tokens = torch.stack(out, 1) if out else torch.zeros(inputs_embeds.shape[0], 0, dtype=torch.long)
+    tokens = torch.stack(out, 1) if out else inputs_embeds.new_zeros((inputs_embeds.shape[0], 0), dtype=torch.long)
     return tokens, state

@@ -54,8 +54,12 @@ class ReferencePipeline:
         self.schedule.counts_for_input(model.config.text_config.num_hidden_layers, self.n_patches, vision_keep)
         resolve_layer(model.config.vision_config.num_hidden_layers, score_layer)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def pixel_values(self, images) -> torch.Tensor:
-        return torch.from_numpy(np.stack([preprocess(im, self.spec) for im in images]))
+        return torch.from_numpy(np.stack([preprocess(im, self.spec) for im in images])).to(self.device)
 
     def split_prompt(self, prompt: str, caption: str | None = None) -> tuple[list[int], list[int]]:
         return rendered_prompt_ids(self.tokenizer.backend_tokenizer, self.template, prompt, caption, self.image_id)
@@ -79,11 +83,12 @@ class ReferencePipeline:
         rows, positions = [], []
         for b, (prompt, cap) in enumerate(zip(prompts, captions)):
             prefix, suffix = self.split_prompt(prompt, cap)
-            ids, pos = build_prompt_ids(prefix, suffix, vis.kept_index[b].numpy(), self.image_id, self.n_patches)
+            ids, pos = build_prompt_ids(prefix, suffix, vis.kept_index[b].cpu().numpy(), self.image_id,
+                                        self.n_patches)
             rows.append(ids)
             positions.append(pos)
         padded = left_pad(rows, positions, self.tokenizer.pad_token_id)
-        input_ids, position_ids, mask = (torch.from_numpy(a) for a in padded)
+        input_ids, position_ids, mask = (torch.from_numpy(a).to(self.device) for a in padded)
         embed = self.model.get_input_embeddings()
         image_mask = input_ids == self.image_id
         embeds = embed(input_ids.masked_fill(image_mask, 0))

@@ -110,8 +110,8 @@ def vision_features(model, pixel_values: torch.Tensor, keep: int | None, score_l
     scores = patch_scores(layers[li], hidden[li])
     n = feats.shape[1]
     if generator is not None:
-        rand = torch.rand(scores.shape, generator=generator, dtype=torch.float64)
-        kept_index = select_tokens(rand, n if keep is None else keep)
+        rand = torch.rand(scores.shape, generator=generator, dtype=torch.float64)  # the seed's draws on any device
+        kept_index = select_tokens(rand.to(scores.device), n if keep is None else keep)
     else:
         kept_index = select_tokens(scores, n if keep is None else keep)
     discarded_index = complement(kept_index, n)

@@ -33,6 +33,7 @@ from ..models.selector import Selector
 from ..pruning.llm import generate, prefill
 from ..pruning.reference import ReferencePipeline
 from . import checkpoint
+from .device import DEVICES, module_device, training_device
 from .gate import GatedSchedule, Plateau
 
 
@@ -72,6 +73,7 @@ class AccmRecipe:
     seed: int = 0
     log_every: int = 100
     threads: int = 0  # torch threads; 0 keeps torch's default
+    device: str = dataclasses.field(default="cpu", metadata={"choices": DEVICES})
 
 
 def caption_config(lm, recipe: AccmRecipe) -> CaptionConfig:
@@ -103,14 +105,6 @@ def _caption_ids(tok, text: str, cfg: CaptionConfig) -> list[int]:
     return ids if ids and ids[-1] in cfg.stop_token_ids else ids + [cfg.eos_token_id]
 
 
-def _target(target, batch, caption: CaptionModel, b: int) -> str:
-    """A caption target: a string, or (ShapesVQA) a function of the kept and the mapper-read patches."""
-    if not callable(target):
-        return target
-    read = caption.mapper.read_index(batch.discarded_index[b:b + 1], batch.discarded_scores[b:b + 1].float())
-    return target(batch.kept_index[b].numpy(), read[0].numpy())
-
-
 def _resume(path: Path, modules: dict, opt, schedule: GatedSchedule, gate: Plateau, patience: int):
     """A stage's checkpoint, if any, loaded into its modules, optimiser, schedule and gate; returns
     the step to continue from and the gate (the recipe's patience governs, so it may be lengthened)."""
@@ -140,9 +134,16 @@ def _same_caption(pred: str, target: str) -> bool:
 
 
 def _resolved(batch, caption: CaptionModel):
-    """A batch with its target functions turned into strings (they depend on which tokens the
-    mapper reads, fixed by the scores, not by the caption model's weights)."""
-    return dataclasses.replace(batch, targets=[_target(t, batch, caption, b) for b, t in enumerate(batch.targets)])
+    """A batch with what depends on the data alone worked out here, then moved to the caption
+    model's device: ShapesVQA's target functions of the kept and the mapper-read patches turned
+    into strings, and the cell under each read token (for the lookup guide). Which tokens the
+    mapper reads is fixed by the CLS scores, not by the caption model's weights."""
+    read = caption.mapper.read_index(batch.discarded_index, batch.discarded_scores.float()).cpu().numpy()
+    kept = batch.kept_index.cpu().numpy()
+    targets = [t(kept[b], read[b]) if callable(t) else t for b, t in enumerate(batch.targets)]
+    read_cells = None if batch.patch_cells is None else [cells[r] for cells, r in zip(batch.patch_cells, read)]
+    resolved = dataclasses.replace(batch, targets=targets, read_cells=read_cells)
+    return resolved.to(module_device(caption))
 
 
 @torch.no_grad()
@@ -264,6 +265,24 @@ def val_batches(data, caption: CaptionModel, recipe: AccmRecipe) -> dict:
     return out
 
 
+def stage1_loss(caption: CaptionModel, tokenizer, cb, recipe: AccmRecipe) -> torch.Tensor:
+    """One stage 1 batch's loss: the captions' cross-entropy, plus (ShapesVQA) the lookup guide."""
+    prefix = caption.mapper(cb.discarded, cb.discarded_index, cb.discarded_scores)
+    qids = [tokenizer(q, add_special_tokens=True)["input_ids"] for q in cb.questions]
+    cap_ids = [_caption_ids(tokenizer, c, caption.cfg) for c in cb.targets]
+    # the guide points at read tokens, so the LM must read them (prefix_all_tokens)
+    guided = recipe.stage1_attention_guide > 0 and cb.read_cells is not None and caption.cfg.prefix_all_tokens
+    attention: list = []
+    loss = caption.caption_loss(qids, prefix, cap_ids, attention=attention if guided else None)
+    if guided:
+        layout = Layout(max(len(q) for q in qids), prefix.shape[1], max(len(c) for c in cap_ids))
+        head = recipe.stage1_attribute_head
+        guides = [lookup_guides(tokenizer, qids[b], ids, cb.read_cells[b], layout, head)
+                  for b, ids in enumerate(cap_ids)]
+        loss = loss + recipe.stage1_attention_guide * grouped_guide_loss(attention, guides, head)
+    return loss
+
+
 def train_stage1(caption: CaptionModel, tokenizer, data, val, recipe: AccmRecipe, work: Path) -> dict:
     """Caption pretraining until the val caption accuracy reaches ``stage1_gate`` or plateaus.
 
@@ -285,20 +304,7 @@ def train_stage1(caption: CaptionModel, tokenizer, data, val, recipe: AccmRecipe
         rng = np.random.default_rng([recipe.seed, 101, step])
         rows = rng.choice(len(data), size=recipe.stage1_batch, replace=len(data) < recipe.stage1_batch)
         cb = _resolved(data.batch(rows, recipe.keeps[step % len(recipe.keeps)], rng), caption)
-        prefix = caption.mapper(cb.discarded, cb.discarded_index, cb.discarded_scores)
-        qids = [tokenizer(q, add_special_tokens=True)["input_ids"] for q in cb.questions]
-        cap_ids = [_caption_ids(tokenizer, c, caption.cfg) for c in cb.targets]
-        # the guide points at read tokens, so the LM must read them (prefix_all_tokens)
-        guided = recipe.stage1_attention_guide > 0 and cb.patch_cells is not None and caption.cfg.prefix_all_tokens
-        attention: list = []
-        loss = caption.caption_loss(qids, prefix, cap_ids, attention=attention if guided else None)
-        if guided:
-            read = caption.mapper.read_index(cb.discarded_index, cb.discarded_scores)
-            layout = Layout(max(len(q) for q in qids), prefix.shape[1], max(len(c) for c in cap_ids))
-            head = recipe.stage1_attribute_head
-            guides = [lookup_guides(tokenizer, qids[b], ids, cb.patch_cells[b][read[b].numpy()], layout, head)
-                      for b, ids in enumerate(cap_ids)]
-            loss = loss + recipe.stage1_attention_guide * grouped_guide_loss(attention, guides, head)
+        loss = stage1_loss(caption, tokenizer, cb, recipe)
         checkpoint.optimise(opt, params, loss, schedule.lr(step))
         step += 1
         bar.update(1)
@@ -329,10 +335,12 @@ def teacher_forced_logits(ref: ReferencePipeline, images, questions, answers: li
     for b, a in enumerate(answers):
         ans[b, : len(a)] = torch.tensor(a)
         amask[b, : len(a)] = 1
+    device = prep.attention_mask.device
+    ans, amask = ans.to(device), amask.to(device)
     start = torch.where(prep.attention_mask > 0, prep.position_ids, -1).max(1).values + 1
     embeds = torch.cat([prep.inputs_embeds, ref.model.get_input_embeddings()(ans)], 1)
     mask = torch.cat([prep.attention_mask, amask], 1)
-    pos = torch.cat([prep.position_ids, start[:, None] + torch.arange(t_max)[None]], 1)
+    pos = torch.cat([prep.position_ids, start[:, None] + torch.arange(t_max, device=device)[None]], 1)
     image_mask = torch.cat([prep.image_mask, torch.zeros_like(amask, dtype=torch.bool)], 1)
     logits = prefill(ref.model, embeds, mask, image_mask, ref.schedule, pos).logits
     return [logits[b, length - 1: length - 1 + len(a)] for b, a in enumerate(answers)]
@@ -450,7 +458,7 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
                 p_logits = teacher_forced_logits(pruned, images, questions, answers,
                                                  [row[j] for row in texts], vision=vis)
                 for b in range(len(batch)):
-                    kls[b, j] = kl(q_logits[b], p_logits[b])
+                    kls[b, j] = float(kl(q_logits[b], p_logits[b]))
         best = kls.argmin(1)
         margin = kls.mean(1) - kls.min(1).values
         lam = 4.0 * float(margin.mean())
@@ -460,8 +468,9 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
         targets = [beams[b][int(best[b])].tokens for b in range(len(batch))]
         cap_loss = caption.caption_loss(qids, prefix, targets)
         ids, mask = comp.selector_inputs(questions, texts)
-        logits = selector(torch.from_numpy(ids), torch.from_numpy(mask))
-        sel_loss = F.cross_entropy(logits, best)
+        logits = selector(*comp.selector_tensors(ids, mask))
+        sel_loss = F.cross_entropy(logits, best.to(logits.device))
+        chosen = logits.detach().argmax(1).cpu()
         loss = lam * (cap_loss + sel_loss)
         for g, peak in zip(opt.param_groups, peaks):
             g["lr"] = peak * schedule.lr(step)
@@ -472,8 +481,8 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
         step += 1
         bar.update(1)
         stats.append({"kl_best": float(kls.min(1).values.mean()), "kl_mean": float(kls.mean()),
-                      "kl_selected": float(kls[torch.arange(len(batch)), logits.argmax(1)].mean()),
-                      "selector_hits": float((logits.argmax(1) == best).float().mean()), "lambda": lam})
+                      "kl_selected": float(kls[torch.arange(len(batch)), chosen].mean()),
+                      "selector_hits": float((chosen == best).float().mean()), "lambda": lam})
         bar.set_postfix(kl_best=f"{stats[-1]['kl_best']:.3f}", sel=f"{stats[-1]['selector_hits']:.2f}")
         if step % recipe.log_every == 0 or schedule.done(step):
             caption.eval()
@@ -527,6 +536,7 @@ def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe |
     from .accm_data import ShapesSource, held_out
 
     recipe = recipe or AccmRecipe()
+    device = training_device(recipe.device)  # before anything is written
     if not 0 <= recipe.stage1_attribute_head < recipe.caption_heads:
         raise AccmUserError(f"--stage1-attribute-head must name one of the caption LM's {recipe.caption_heads} heads "
                             "(1 or more; 0: off)")
@@ -538,15 +548,17 @@ def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe |
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     lm = load_llava(model)
-    lm.model.requires_grad_(False)
-    caption = CaptionModel(caption_config(lm, recipe))
+    lm.model.requires_grad_(False).to(device)
+    caption = CaptionModel(caption_config(lm, recipe)).to(device)
     q_train, q_val = held_out(questions) if questions is not None else (ShapesSource(), ShapesSource(400, "val"))
     stage1 = train_stage1(caption, lm.processor.tokenizer, *_stage1_data(lm, captions, recipe, work), recipe, work)
     selector = Selector.from_caption_lm(caption.lm, recipe.selector_hidden, recipe.selector_layers,
                                         recipe.selector_heads, recipe.selector_text,
-                                        recipe.beams if recipe.selector_rank else 0)
+                                        recipe.beams if recipe.selector_rank else 0).to(device)
     comp = Compensator(caption, selector, lm.processor.tokenizer)
     stage2 = train_stage2(lm, comp, q_train, q_val, recipe, work)
+    caption.cpu()
+    selector.cpu()
     comp.save(output)
     summary = {"recipe": dataclasses.asdict(recipe), "seconds_this_run": round(time.time() - t0, 1),
                "stage1": stage1, "stage2": stage2,

@@ -33,6 +33,12 @@ class CaptionBatch:
     questions: list[str]
     targets: list
     patch_cells: list | None = None  # ShapesVQA: per sample, the cell name of the object on each patch ("" none)
+    read_cells: list | None = None  # the same for the tokens the caption mapper reads (set when resolved)
+
+    def to(self, device) -> CaptionBatch:
+        return dataclasses.replace(self, kept_index=self.kept_index.to(device), discarded=self.discarded.to(device),
+                                   discarded_index=self.discarded_index.to(device),
+                                   discarded_scores=self.discarded_scores.to(device))
 
 
 class ShapesSource:
