@@ -178,6 +178,7 @@ def test_training_runs_gated_stages_and_stage1_loss_falls(tmp_path):
                         log_every=10, max_caption_tokens=8, answer_tokens=2, val_samples=6, decay_steps=2,
                         input_tokens=64, prefix_all_tokens=1, stage1_cached_scenes=24)
     summary = train_accm(str(tmp_path / "model"), tmp_path / "out", tmp_path / "work", recipe)
+    assert summary["device"] == "cpu"
     import json
 
     stage1 = [json.loads(line) for line in (tmp_path / "work" / "stage1_log.jsonl").read_text().splitlines()]

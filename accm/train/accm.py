@@ -33,7 +33,7 @@ from ..models.selector import Selector
 from ..pruning.llm import generate, prefill
 from ..pruning.reference import ReferencePipeline
 from . import checkpoint
-from .device import DEVICES, module_device, training_device
+from .device import DEVICES, device_name, module_device, training_device
 from .gate import GatedSchedule, Plateau
 
 
@@ -561,6 +561,7 @@ def train_accm(model: str | None, output: Path, work: Path, recipe: AccmRecipe |
     selector.cpu()
     comp.save(output)
     summary = {"recipe": dataclasses.asdict(recipe), "seconds_this_run": round(time.time() - t0, 1),
+               "device": device_name(device),
                "stage1": stage1, "stage2": stage2,
                "caption_params": sum(p.numel() for p in caption.parameters()),
                "selector_params": sum(p.numel() for p in selector.parameters())}

@@ -24,7 +24,7 @@ import torch
 
 from ..models import tiny
 from . import checkpoint
-from .device import DEVICES, training_device
+from .device import DEVICES, device_name, training_device
 from .llm_stage import FULL_BATCH_SHARE, default_levels, extract_features, train_llm
 from .pool import render_pool
 from .vision_stage import VISION_GATE, train_vision
@@ -121,7 +121,7 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None, init:
         "llm": llm,
         "train_seconds_this_run": round(time.time() - t0, 1),
         "torch_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name(device),
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -35,3 +35,8 @@ def training_device(name: str) -> torch.device:
 
 def module_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
+
+
+def device_name(device: torch.device) -> str:
+    """What a training summary records as the place it ran: the GPU's name, or cpu."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
