@@ -1,6 +1,7 @@
 """accm-train base: the accm-tiny recipe, a few steps on a tiny configuration; the loss falls,
 gates move the curriculum on, and a finished run resumes to nothing."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -19,11 +20,12 @@ SIZES = TinySizes(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden
                   text_heads=2, text_intermediate=96)
 
 
-def _tiny_recipe(**kw) -> BaseRecipe:
-    return BaseRecipe(sizes=SIZES, n_train_scenes=24, n_val_scenes=8, vision_max_steps=16, vision_batch=4,
-                      vision_decay_steps=4, llm_max_steps=16, llm_decay_steps=4, llm_batch=4,
-                      questions_per_image=4, eval_every=8, eval_scenes=8, vision_log_every=8,
-                      vision_lr=3e-3, llm_lr=3e-3, **kw)
+def _tiny_recipe(**overrides) -> BaseRecipe:
+    recipe = BaseRecipe(sizes=SIZES, n_train_scenes=24, n_val_scenes=8, vision_max_steps=16, vision_batch=4,
+                        vision_decay_steps=4, llm_max_steps=16, llm_decay_steps=4, llm_batch=4,
+                        questions_per_image=4, eval_every=8, eval_scenes=8, vision_log_every=8,
+                        vision_lr=3e-3, llm_lr=3e-3)
+    return dataclasses.replace(recipe, **overrides)
 
 
 def test_recipe_trains_and_resumes(tmp_path):
@@ -167,3 +169,18 @@ def test_a_pool_rendered_by_several_processes_is_the_pool_rendered_by_one(tmp_pa
     assert one.objects == two.objects and len(one.objects) == 23
     meta = [(tmp_path / d / "val" / "meta.json").read_bytes() for d in ("one", "two")]
     assert meta[0] == meta[1]
+
+
+def test_threads_cap_the_rendering_processes(tmp_path, monkeypatch):
+    """--threads 1 (other work shares the machine) renders in this process, even a large pool."""
+    from accm.train import pool as pool_module
+
+    def no_processes(*args, **kwargs):
+        raise AssertionError("started rendering processes")
+
+    monkeypatch.setattr(pool_module, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(pool_module, "ProcessPoolExecutor", no_processes)
+    assert pool_module.render_workers(10) > 1 or (pool_module.os.cpu_count() or 1) == 1
+    recipe = _tiny_recipe(threads=1, vision_max_steps=1, llm_max_steps=1, eval_every=1, vision_log_every=1)
+    train_base(tmp_path / "work", tmp_path / "out", recipe)
+    assert json.loads((tmp_path / "work" / "pool" / "train" / "meta.json").read_text())["n"] == 24

@@ -521,8 +521,9 @@ def _stage1_data(lm, captions, recipe: AccmRecipe, work: Path):
         return tuple(ImageCaptions(s, ref) for s in held_out(captions))
     if recipe.stage1_cached_scenes:
         share = recipe.stage1_describe_share
-        return (CachedShapesCaptions(lm.model, work, "train", recipe.stage1_cached_scenes, share),
-                CachedShapesCaptions(lm.model, work, "val", min(recipe.val_samples, 400)))
+        workers = recipe.threads or None  # --threads also caps the rendering processes
+        return (CachedShapesCaptions(lm.model, work, "train", recipe.stage1_cached_scenes, share, workers),
+                CachedShapesCaptions(lm.model, work, "val", min(recipe.val_samples, 400), workers=workers))
     return (ImageCaptions(ShapesSource(describe_share=recipe.stage1_describe_share), ref),
             ImageCaptions(ShapesSource(400, "val"), ref))
 

@@ -120,11 +120,12 @@ class CachedShapesCaptions:
     the caption model, about a tenth of running the tower, so stage 1 can run to its gate. Pruning
     is the same ``select_tokens`` on the same scores the pipeline uses."""
 
-    def __init__(self, model, root: Path, split: str, n_scenes: int, describe_share: float = 0.0):
+    def __init__(self, model, root: Path, split: str, n_scenes: int, describe_share: float = 0.0,
+                 workers: int | None = None):
         from .llm_stage import extract_features
         from .pool import render_pool
 
-        self.pool = render_pool(Path(root) / "pool", split, n_scenes)
+        self.pool = render_pool(Path(root) / "pool", split, n_scenes, workers)
         self.features, self.scores = extract_features(model, self.pool, Path(root) / "features" / split)
         self.describe_share = describe_share
 

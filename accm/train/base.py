@@ -89,8 +89,10 @@ def train_base(work: Path, output: Path, recipe: BaseRecipe | None = None, init:
     else:
         model = LlavaForConditionalGeneration(tiny.build_config(tok, recipe.sizes))
     model.to(device)
-    pool = render_pool(work / "pool", "train", recipe.n_train_scenes)
-    val = render_pool(work / "pool", "val", recipe.n_val_scenes)
+    # --threads also caps the rendering processes (one thread per process when other work runs)
+    workers = recipe.threads or None
+    pool = render_pool(work / "pool", "train", recipe.n_train_scenes, workers)
+    val = render_pool(work / "pool", "val", recipe.n_val_scenes, workers)
 
     if init:
         vision = {"kept_from": str(init)}
