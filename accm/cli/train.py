@@ -46,7 +46,7 @@ def _recipe_flags(parser, recipe_cls) -> None:
             kind = {"int": int, "float": float, "str": str}[f.type]
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name,
                                 type=kind if kind is str else number(kind, **_recipe_bounds(f.name)),
-                                default=None, choices=f.metadata.get("choices"))
+                                default=None, choices=f.metadata.get("choices"), help=f.metadata.get("help"))
 
 
 ZERO_MEANS_OFF = ("input_tokens", "prefix_all_tokens", "stage1_cached_scenes")  # 0: all tokens / off / on the fly

@@ -33,7 +33,7 @@ from ..models.selector import Selector
 from ..pruning.llm import generate, prefill
 from ..pruning.reference import ReferencePipeline
 from . import checkpoint
-from .device import DEVICES, device_name, module_device, training_device
+from .device import DEVICE_HELP, DEVICES, THREADS_HELP, device_name, module_device, training_device
 from .gate import GatedSchedule, Plateau
 
 
@@ -72,8 +72,8 @@ class AccmRecipe:
     selector_rank: int = 1  # 1: the selector learns a vector per beam rank (0: order-blind, as the paper)
     seed: int = 0
     log_every: int = 100
-    threads: int = 0  # torch threads; 0 keeps torch's default
-    device: str = dataclasses.field(default="cpu", metadata={"choices": DEVICES})
+    threads: int = dataclasses.field(default=0, metadata={"help": THREADS_HELP})
+    device: str = dataclasses.field(default="cpu", metadata={"choices": DEVICES, "help": DEVICE_HELP})
 
 
 def caption_config(lm, recipe: AccmRecipe) -> CaptionConfig:
@@ -173,8 +173,9 @@ def caption_accuracy(caption: CaptionModel, tokenizer, batches: dict) -> dict:
         named = [h for h, d in zip(hits, described) if d]
         out[f"caption_acc_named_k{keep}"] = float(np.mean(named)) if named else float("nan")
     out["caption_acc"] = float(np.mean([out[f"caption_acc_k{k}"] for k in batches]))
-    out["caption_acc_named"] = float(np.nanmean([out[f"caption_acc_named_k{k}"] for k in batches]))
-    out["caption_token_acc_named"] = float(np.nanmean([out[f"caption_token_acc_named_k{k}"] for k in batches]))
+    for name in ("caption_acc_named", "caption_token_acc_named"):  # nan where no held-out caption names objects
+        known = [v for v in (out[f"{name}_k{k}"] for k in batches) if not np.isnan(v)]
+        out[name] = float(np.mean(known)) if known else float("nan")
     caption.train()
     return out
 
@@ -313,7 +314,7 @@ def train_stage1(caption: CaptionModel, tokenizer, data, val, recipe: AccmRecipe
             metrics = caption_accuracy(caption, tokenizer, held)
             if schedule.passed_at is None and gate.update(metrics["caption_token_acc_named"]):
                 schedule.pass_gate(step)
-            _log(work / "stage1_log.jsonl", {"step": step, "loss": float(loss), **metrics, "lr": schedule.lr(step),
+            _log(work / "stage1_log.jsonl", {"step": step, "loss": loss.item(), **metrics, "lr": schedule.lr(step),
                                              "gate_passed_at": schedule.passed_at,
                                              "elapsed_s": round(time.time() - t0, 1)}, bar)
             checkpoint.save(path, caption=caption.state_dict(), opt=opt.state_dict(), step=step,

@@ -24,7 +24,7 @@ import torch
 
 from ..models import tiny
 from . import checkpoint
-from .device import DEVICES, device_name, training_device
+from .device import DEVICE_HELP, DEVICES, THREADS_HELP, device_name, training_device
 from .llm_stage import FULL_BATCH_SHARE, default_levels, extract_features, train_llm
 from .pool import render_pool
 from .vision_stage import VISION_GATE, train_vision
@@ -53,8 +53,8 @@ class BaseRecipe:
     eval_every: int = 250
     eval_scenes: int = 200
     vision_log_every: int = 100
-    threads: int = 0  # torch threads; 0 keeps torch's default
-    device: str = dataclasses.field(default="cpu", metadata={"choices": DEVICES})
+    threads: int = dataclasses.field(default=0, metadata={"help": THREADS_HELP})
+    device: str = dataclasses.field(default="cpu", metadata={"choices": DEVICES, "help": DEVICE_HELP})
 
 
 def _tokenizer(work: Path, sizes: tiny.TinySizes, init: Path | None = None):

@@ -14,6 +14,8 @@ import torch
 from ..errors import AccmUserError
 
 DEVICES = ("cpu", "cuda")
+DEVICE_HELP = "where to train: cpu (default) or cuda (an NVIDIA GPU and a CUDA build of torch)"
+THREADS_HELP = "torch threads, and at most as many scene-rendering processes (default 0: torch's default, one per core)"
 
 
 def training_device(name: str) -> torch.device:

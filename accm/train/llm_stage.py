@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -320,8 +321,10 @@ def train_llm(model, tokenizer, template: str, pool: ScenePool, val: ScenePool, 
         step, level_idx, history = state["step"], state["level"], state["history"]
         schedule.passed_at = state["passed_at"]
     packer = Packer(tokenizer, template)
-    feats = torch.from_numpy(np.asarray(train_features))
-    vfeats = torch.from_numpy(np.asarray(val_features))
+    with warnings.catch_warnings():  # read-only memory maps, only ever read (a copy would be 2.4 GB)
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        feats = torch.from_numpy(np.asarray(train_features))
+        vfeats = torch.from_numpy(np.asarray(val_features))
     final_eval = {
         "full": val_items(val, None, n_val_scenes),
         "k18": val_items(val, None, n_val_scenes, val_scores, keep=18),
@@ -342,9 +345,9 @@ def train_llm(model, tokenizer, template: str, pool: ScenePool, val: ScenePool, 
         checkpoint.optimise(opt, params, loss, schedule.lr(step))
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", level=level.name)
+        bar.set_postfix(loss=f"{loss.item():.3f}", level=level.name)
         if step % eval_every == 0 or schedule.done(step):
-            rec = {"step": step, "level": level.name, "loss": float(loss), "lr": schedule.lr(step)}
+            rec = {"step": step, "level": level.name, "loss": loss.item(), "lr": schedule.lr(step)}
             if level.max_objects is not None:
                 level_metrics = evaluate(model, packer, *val_items(val, level, n_val_scenes), vfeats)
                 rec.update({f"view_{k}": v for k, v in level_metrics.items()})

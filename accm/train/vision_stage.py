@@ -178,12 +178,12 @@ def train_vision(model, pool: ScenePool, val: ScenePool, work: Path, max_steps: 
         checkpoint.optimise(opt, params, loss, schedule.lr(step))
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % log_every == 0 or schedule.done(step):
             metrics = evaluate(tower, heads, val)
             if gate_passed(metrics, gate):
                 schedule.pass_gate(step)
-            rec = {"step": step, "loss": float(loss), **{k: float(v) for k, v in parts.items()}, **metrics,
+            rec = {"step": step, "loss": loss.item(), **{k: float(v) for k, v in parts.items()}, **metrics,
                    "lr": schedule.lr(step), "gate_passed_at": schedule.passed_at,
                    "elapsed_s": round(time.time() - t0, 1)}
             with log.open("a") as f:
