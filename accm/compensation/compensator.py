@@ -11,6 +11,7 @@ import torch
 from ..models.beam import Beam, beam_search
 from ..models.caption import CaptionModel
 from ..models.caption_text import pick, selector_batch
+from ..models.placement import module_device
 from ..models.prompt import encode_text
 from ..models.selector import Selector
 
@@ -87,7 +88,7 @@ class Compensator:
         return torch.softmax(logits.float(), -1).cpu().numpy()
 
     def selector_tensors(self, ids: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        device = next(self.selector.parameters()).device
+        device = module_device(self.selector)
         return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
     def __call__(self, discarded, discarded_index, discarded_scores, questions: list[str]) -> Compensation:

@@ -14,6 +14,7 @@ import torch
 
 from ..data.preprocess import ImageSpec, preprocess
 from ..models.dims import patch_count
+from ..models.placement import module_device
 from ..models.prompt import build_prompt_ids, left_pad, rendered_prompt_ids
 from ..models.templates import template_from_processor
 from .llm import generate
@@ -56,7 +57,7 @@ class ReferencePipeline:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return module_device(self.model)
 
     def pixel_values(self, images) -> torch.Tensor:
         return torch.from_numpy(np.stack([preprocess(im, self.spec) for im in images])).to(self.device)

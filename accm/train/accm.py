@@ -29,11 +29,12 @@ from ..models.caption import CaptionConfig, CaptionModel
 from ..models.caption_text import SELECTOR_FORMATS
 from ..models.dims import patch_count
 from ..models.loading import load_llava
+from ..models.placement import module_device
 from ..models.selector import Selector
 from ..pruning.llm import generate, prefill
 from ..pruning.reference import ReferencePipeline
 from . import checkpoint
-from .device import DEVICE_HELP, DEVICES, THREADS_HELP, device_name, module_device, training_device
+from .device import DEVICE_HELP, DEVICES, THREADS_HELP, device_name, training_device
 from .gate import GatedSchedule, Plateau
 
 
@@ -458,8 +459,7 @@ def train_stage2(lm, comp: Compensator, source, val, recipe: AccmRecipe, work: P
             for j in range(m):
                 p_logits = teacher_forced_logits(pruned, images, questions, answers,
                                                  [row[j] for row in texts], vision=vis)
-                for b in range(len(batch)):
-                    kls[b, j] = float(kl(q_logits[b], p_logits[b]))
+                kls[:, j] = torch.stack([kl(q_logits[b], p_logits[b]) for b in range(len(batch))]).cpu()
         best = kls.argmin(1)
         margin = kls.mean(1) - kls.min(1).values
         lam = 4.0 * float(margin.mean())

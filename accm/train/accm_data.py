@@ -17,6 +17,7 @@ import torch
 
 from ..data import shapes
 from ..inputs import jsonl_rows, load_image
+from ..models.placement import tensors_to
 from ..pruning.select import select_tokens
 from ..pruning.vision import complement, gather_rows
 
@@ -36,9 +37,7 @@ class CaptionBatch:
     read_cells: list | None = None  # the same for the tokens the caption mapper reads (set when resolved)
 
     def to(self, device) -> CaptionBatch:
-        return dataclasses.replace(self, kept_index=self.kept_index.to(device), discarded=self.discarded.to(device),
-                                   discarded_index=self.discarded_index.to(device),
-                                   discarded_scores=self.discarded_scores.to(device))
+        return tensors_to(self, device)
 
 
 class ShapesSource:

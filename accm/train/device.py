@@ -35,10 +35,6 @@ def training_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 def device_name(device: torch.device) -> str:
     """What a training summary records as the place it ran: the GPU's name, or cpu."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

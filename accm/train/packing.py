@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from ..models.placement import module_device, tensors_to
 from ..models.templates import render
 
 N_PATCHES = 576
@@ -43,10 +44,7 @@ class PackedBatch:
     label_family: list[str] = dataclasses.field(default_factory=list)
 
     def to(self, device) -> PackedBatch:
-        """The batch with its tensors on ``device`` (the families stay lists)."""
-        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
-                                            for f in dataclasses.fields(self)
-                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+        return tensors_to(self, device)
 
 
 class Packer:
@@ -142,7 +140,7 @@ def packed_logits(model, batch: PackedBatch, features: torch.Tensor) -> torch.Te
     """
     inner = model.model
     shown = features[batch.image_rows, batch.image_patches] if batch.image_rows.numel() else None
-    batch = batch.to(model.lm_head.weight.device)
+    batch = batch.to(module_device(model))
     embeds = inner.language_model.get_input_embeddings()(
         batch.input_ids.masked_fill(batch.image_slot, 0)
     )

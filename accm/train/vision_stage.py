@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from ..data import shapes
 from ..data.preprocess import preprocess_uint8
+from ..models.placement import module_device
 from ..pruning.select import select_tokens
 from ..pruning.vision import encoder_layers, patch_scores
 from . import checkpoint
-from .device import module_device
 from .gate import GatedSchedule, gate_passed
 from .pool import COLOUR_IDS, SHAPE_IDS, ScenePool
 
